@@ -1,0 +1,129 @@
+//! Who is asking: `Viewer` (a browser, signed in or not), `SignedIn` (a browser that must be
+//! signed in), `ApiUser` (a bearer token), and `ClientIp`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, FromRef, FromRequestParts},
+    http::{header, request::Parts},
+};
+use tower_sessions::Session;
+
+use super::{User, store, tokens};
+use crate::{
+    error::AppError,
+    startup::AppState,
+    web::{Chrome, PageError},
+};
+
+pub const USER_KEY: &str = "user_id";
+
+/// A browser request: its session and, when signed in, its user.
+pub struct Viewer {
+    pub session: Session,
+    pub user: Option<User>,
+}
+
+impl Viewer {
+    pub async fn chrome(&self) -> Result<Chrome, AppError> {
+        Chrome::new(&self.session, self.user.as_ref()).await
+    }
+}
+
+impl<S> FromRequestParts<S> for Viewer
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let session = Session::from_request_parts(parts, &state)
+            .await
+            .map_err(|_| AppError::internal(anyhow::anyhow!("session layer missing")))?;
+        let user_id = session
+            .get::<i64>(USER_KEY)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+        let user = match user_id {
+            Some(id) => store::find_user(&state.db, id).await?,
+            None => None,
+        };
+        Ok(Self { session, user })
+    }
+}
+
+/// A browser request from a signed-in user; others are sent to the sign-in page.
+pub struct SignedIn {
+    pub session: Session,
+    pub user: User,
+}
+
+impl SignedIn {
+    pub async fn chrome(&self) -> Result<Chrome, AppError> {
+        Chrome::new(&self.session, Some(&self.user)).await
+    }
+}
+
+impl<S> FromRequestParts<S> for SignedIn
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let viewer = Viewer::from_request_parts(parts, state).await?;
+        match viewer.user {
+            Some(user) => Ok(Self {
+                session: viewer.session,
+                user,
+            }),
+            None => Err(PageError(AppError::unauthorized())),
+        }
+    }
+}
+
+/// An API request authenticated by `Authorization: Bearer cdp_…`.
+pub struct ApiUser(pub User);
+
+impl<S> FromRequestParts<S> for ApiUser
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(AppError::unauthorized)?;
+        let hash = tokens::hash(presented.trim());
+        let user = store::user_for_token(&state.db, &hash)
+            .await?
+            .ok_or_else(AppError::unauthorized)?;
+        Ok(Self(user))
+    }
+}
+
+/// The client's address as the server saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}

@@ -1,0 +1,122 @@
+//! Users, roles, passwords, sessions, CSRF, login rate limits and API tokens.
+//! Never stores a password or a token in the clear; never says whether an email exists.
+
+pub mod csrf;
+pub mod extract;
+pub mod password;
+pub mod ratelimit;
+pub mod routes;
+pub mod session_store;
+pub mod store;
+pub mod tokens;
+
+use serde::Serialize;
+
+pub use extract::{ApiUser, SignedIn, Viewer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Staff,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "customer" => Some(Self::Customer),
+            "staff" => Some(Self::Staff),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Staff => "staff",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Staff and admins see every customer's apps, tickets and certificates (never keys).
+    pub fn is_staff(self) -> bool {
+        matches!(self, Self::Staff | Self::Admin)
+    }
+
+    pub fn is_admin(self) -> bool {
+        self == Self::Admin
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub role: Role,
+    pub created_at: i64,
+}
+
+impl User {
+    pub fn require_staff(&self) -> crate::error::AppResult<()> {
+        if self.role.is_staff() {
+            Ok(())
+        } else {
+            Err(crate::error::AppError::forbidden())
+        }
+    }
+
+    pub fn require_admin(&self) -> crate::error::AppResult<()> {
+        if self.role.is_admin() {
+            Ok(())
+        } else {
+            Err(crate::error::AppError::forbidden())
+        }
+    }
+}
+
+/// Lower-cases and checks an email address; the message says what is wrong.
+pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() {
+        return Err("Enter your email address.");
+    }
+    if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
+        return Err("That is not an email address; use the form name@example.com.");
+    }
+    Ok(email)
+}
+
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Err(format!(
+            "Choose a password of at least {MIN_PASSWORD_LEN} characters (a few words make a good one)."
+        ));
+    }
+    if password.len() > 1024 {
+        return Err("Choose a password of at most 1024 bytes.".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_lower_cased_and_checked() {
+        assert_eq!(normalize_email(" Ann@Example.COM ").unwrap(), "ann@example.com");
+        assert!(normalize_email("ann").is_err());
+        assert!(normalize_email("").is_err());
+    }
+
+    #[test]
+    fn short_passwords_are_refused() {
+        assert!(check_new_password("short").is_err());
+        assert!(check_new_password("correct horse battery").is_ok());
+    }
+}

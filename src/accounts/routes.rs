@@ -1,0 +1,457 @@
+//! Sign-up, sign-in and sign-out pages, API tokens (page and JSON), and the admin's user list.
+
+use askama::Template;
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use tower_sessions::Session;
+
+use super::{
+    ApiUser, Role, SignedIn, User, Viewer, csrf,
+    csrf::CsrfForm,
+    extract::{ClientIp, USER_KEY},
+    normalize_email, password, store, tokens,
+};
+use crate::{
+    audit::{self, Entry},
+    db::Page,
+    error::{AppError, AppResult, ErrorItem},
+    startup::AppState,
+    web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/signup", get(signup_page).post(signup))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/account/tokens", get(tokens_page).post(create_token_page))
+        .route("/account/tokens/{id}/revoke", post(revoke_token_page))
+        .route("/admin/users", get(users_page))
+        .route("/admin/users/{id}/role", post(change_role))
+        .route("/api/v1/tokens", post(create_token_api).get(list_tokens_api))
+        .route("/api/v1/tokens/{id}", delete(revoke_token_api))
+}
+
+fn bad_credentials() -> AppError {
+    AppError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorItem::new(
+            "bad_credentials",
+            "Email or password is wrong. Check both and try again.",
+        ),
+    )
+}
+
+/// Checks a password for an email, rate limited, with the same work and answer whether or not
+/// the account exists.
+async fn authenticate(
+    state: &AppState,
+    ip: ClientIp,
+    email: &str,
+    password: SecretString,
+) -> AppResult<User> {
+    let ip_addr = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let email = email.trim().to_lowercase();
+    state.login_limiter.check(ip_addr, &email)?;
+    let found = store::find_credentials(&state.db, &email).await?;
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), Some(hash)),
+        None => (None, None),
+    };
+    let ok = password::verify(hash, password).await?;
+    match (ok, user) {
+        (true, Some(user)) => {
+            audit::record(
+                &state.db,
+                Entry::new(Some(&user), "user.login", "user", user.id).ip(ip.0),
+            )
+            .await?;
+            Ok(user)
+        }
+        _ => {
+            audit::record(
+                &state.db,
+                Entry::new(None, "user.login", "user", &email)
+                    .outcome("refused")
+                    .ip(ip.0),
+            )
+            .await?;
+            Err(bad_credentials())
+        }
+    }
+}
+
+/// Starts a signed-in session under a new id (no fixation) with a new CSRF token.
+async fn start_session(session: &Session, user: &User) -> AppResult<()> {
+    let internal = |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
+    session.cycle_id().await.map_err(internal)?;
+    session.insert(USER_KEY, user.id).await.map_err(internal)?;
+    csrf::renew(session).await?;
+    Ok(())
+}
+
+#[derive(Template)]
+#[template(path = "accounts/login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    email: String,
+    next: String,
+    errors: FormErrors,
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(viewer: Viewer, Query(q): Query<NextQuery>) -> PageResult {
+    if viewer.user.is_some() {
+        return Ok(see_other(web::safe_next(q.next.as_deref())));
+    }
+    Ok(render(&LoginPage {
+        chrome: viewer.chrome().await?,
+        email: String::new(),
+        next: web::safe_next(q.next.as_deref()).to_string(),
+        errors: FormErrors::default(),
+    })?)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    email: String,
+    password: SecretString,
+    next: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<LoginForm>,
+) -> PageResult {
+    match authenticate(&state, ip, &form.email, form.password).await {
+        Ok(user) => {
+            start_session(&viewer.session, &user).await?;
+            Ok(see_other(web::safe_next(form.next.as_deref())))
+        }
+        Err(err) if err.status.is_client_error() => {
+            let status = err.status;
+            render_status(
+                status,
+                &LoginPage {
+                    chrome: viewer.chrome().await?,
+                    email: form.email,
+                    next: web::safe_next(form.next.as_deref()).to_string(),
+                    errors: err.into(),
+                },
+            )
+            .map_err(Into::into)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn logout(viewer: Viewer, CsrfForm(_): CsrfForm<csrf::NoFields>) -> PageResult {
+    viewer
+        .session
+        .flush()
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+    Ok(see_other("/login"))
+}
+
+#[derive(Template)]
+#[template(path = "accounts/signup.html")]
+struct SignupPage {
+    chrome: Chrome,
+    email: String,
+    errors: FormErrors,
+}
+
+async fn signup_page(viewer: Viewer) -> PageResult {
+    if viewer.user.is_some() {
+        return Ok(see_other("/apps"));
+    }
+    Ok(render(&SignupPage {
+        chrome: viewer.chrome().await?,
+        email: String::new(),
+        errors: FormErrors::default(),
+    })?)
+}
+
+#[derive(Deserialize)]
+struct SignupForm {
+    email: String,
+    password: SecretString,
+    password_confirm: SecretString,
+}
+
+async fn signup(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<SignupForm>,
+) -> PageResult {
+    let mut errors = Vec::new();
+    let email = normalize_email(&form.email)
+        .map_err(|m| errors.push(ErrorItem::new("invalid_email", m).on("email")))
+        .ok();
+    if let Err(m) = super::check_new_password(form.password.expose_secret()) {
+        errors.push(ErrorItem::new("weak_password", m).on("password"));
+    } else if form.password.expose_secret() != form.password_confirm.expose_secret() {
+        errors.push(
+            ErrorItem::new("password_mismatch", "The two passwords differ; type the same one twice.")
+                .on("password_confirm"),
+        );
+    }
+    let result = match (email, errors.is_empty()) {
+        (Some(email), true) => {
+            let ip_addr = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            match state.login_limiter.check(ip_addr, &email) {
+                Ok(()) => create_customer(&state, &email, form.password, ip).await,
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(AppError::many(StatusCode::UNPROCESSABLE_ENTITY, errors)),
+    };
+    match result {
+        Ok(user) => {
+            start_session(&viewer.session, &user).await?;
+            web::flash(&viewer.session, "ok", "Welcome to certdrop. Create your first app to begin.").await?;
+            Ok(see_other("/apps"))
+        }
+        Err(mut err) if err.status.is_client_error() => {
+            for e in &mut err.errors {
+                if e.code == "email_taken" {
+                    e.field = Some("email");
+                }
+            }
+            let status = err.status;
+            Ok(render_status(
+                status,
+                &SignupPage {
+                    chrome: viewer.chrome().await?,
+                    email: form.email,
+                    errors: err.into(),
+                },
+            )?)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn create_customer(state: &AppState, email: &str, pw: SecretString, ip: ClientIp) -> AppResult<User> {
+    let hash = password::hash(pw).await?;
+    let user = store::create_user(&state.db, email, &hash, Role::Customer).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(&user), "user.signup", "user", user.id)
+            .detail(json!({"role": "customer"}))
+            .ip(ip.0),
+    )
+    .await?;
+    Ok(user)
+}
+
+#[derive(Template)]
+#[template(path = "accounts/tokens.html")]
+struct TokensPage {
+    chrome: Chrome,
+    tokens: Vec<store::ApiToken>,
+    new_token: Option<String>,
+    errors: FormErrors,
+}
+
+async fn tokens_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
+    Ok(render(&TokensPage {
+        chrome: me.chrome().await?,
+        tokens: store::list_tokens(&state.db, me.user.id).await?,
+        new_token: None,
+        errors: FormErrors::default(),
+    })?)
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    name: String,
+}
+
+fn token_name(raw: &str) -> AppResult<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 80 {
+        return Err(AppError::unprocessable(
+            ErrorItem::new("invalid_name", "Name the token (1 to 80 characters), e.g. \"laptop CLI\".")
+                .on("name"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+async fn issue_token(state: &AppState, user: &User, name: &str, ip: ClientIp) -> AppResult<(tokens::NewToken, store::ApiToken)> {
+    let token = tokens::generate();
+    let row = store::insert_token(&state.db, user.id, name, &token).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "token.created", "api_token", row.id)
+            .detail(json!({"name": name, "hint": row.hint}))
+            .ip(ip.0),
+    )
+    .await?;
+    Ok((token, row))
+}
+
+/// The new token is rendered straight into the response, never stored in the session.
+async fn create_token_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<TokenForm>,
+) -> PageResult {
+    let (new_token, errors, status) = match token_name(&form.name) {
+        Ok(name) => {
+            let (token, _) = issue_token(&state, &me.user, &name, ip).await?;
+            (Some(token.secret.expose_secret().to_string()), FormErrors::default(), StatusCode::CREATED)
+        }
+        Err(err) => (None, err.into(), StatusCode::UNPROCESSABLE_ENTITY),
+    };
+    Ok(render_status(
+        status,
+        &TokensPage {
+            chrome: me.chrome().await?,
+            tokens: store::list_tokens(&state.db, me.user.id).await?,
+            new_token,
+            errors,
+        },
+    )?)
+}
+
+async fn revoke_token_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(_): CsrfForm<csrf::NoFields>,
+) -> PageResult {
+    revoke(&state, &me.user, id, ip).await?;
+    web::flash(&me.session, "ok", "Token revoked. Anything using it must sign in again.").await?;
+    Ok(see_other("/account/tokens"))
+}
+
+async fn revoke(state: &AppState, user: &User, id: i64, ip: ClientIp) -> AppResult<()> {
+    if !store::revoke_token(&state.db, user.id, id).await? {
+        return Err(AppError::not_found("token"));
+    }
+    audit::record(&state.db, Entry::new(Some(user), "token.revoked", "api_token", id).ip(ip.0)).await
+}
+
+#[derive(Deserialize)]
+struct CreateTokenRequest {
+    email: String,
+    password: SecretString,
+    name: Option<String>,
+}
+
+async fn create_token_api(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Json(req): Json<CreateTokenRequest>,
+) -> AppResult<Response> {
+    let user = authenticate(&state, ip, &req.email, req.password).await?;
+    let name = token_name(req.name.as_deref().unwrap_or("API token"))?;
+    let (token, row) = issue_token(&state, &user, &name, ip).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token.secret.expose_secret(),
+            "id": row.id,
+            "name": row.name,
+            "email": user.email,
+            "role": user.role,
+        })),
+    )
+        .into_response())
+}
+
+async fn list_tokens_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppResult<Response> {
+    let items = store::list_tokens(&state.db, user.id).await?;
+    Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
+}
+
+async fn revoke_token_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+) -> AppResult<StatusCode> {
+    revoke(&state, &user, id, ip).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Template)]
+#[template(path = "admin/users.html")]
+struct UsersPage {
+    chrome: Chrome,
+    users: Vec<User>,
+    me: i64,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CursorQuery {
+    cursor: Option<String>,
+}
+
+async fn users_page(State(state): State<AppState>, me: SignedIn, Query(q): Query<CursorQuery>) -> PageResult {
+    me.user.require_admin()?;
+    let (users, next_cursor) = store::list_users(&state.db, Page::new(q.cursor.as_deref(), None)?).await?;
+    Ok(render(&UsersPage {
+        chrome: me.chrome().await?,
+        users,
+        me: me.user.id,
+        next_cursor,
+    })?)
+}
+
+#[derive(Deserialize)]
+struct RoleForm {
+    role: String,
+}
+
+async fn change_role(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<RoleForm>,
+) -> PageResult {
+    me.user.require_admin()?;
+    let role = Role::parse(&form.role)
+        .ok_or_else(|| AppError::bad_request("invalid_role", "A role is customer, staff or admin."))?;
+    if id == me.user.id {
+        return Err(AppError::conflict(
+            "own_role",
+            "You cannot change your own role; ask another admin.",
+        )
+        .into());
+    }
+    let before = store::set_role(&state.db, id, role)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(&me.user), "user.role_changed", "user", id)
+            .detail(json!({"from": before.as_str(), "to": role.as_str()}))
+            .ip(ip.0),
+    )
+    .await?;
+    web::flash(&me.session, "ok", format!("Role changed to {}.", role.as_str())).await?;
+    Ok(see_other("/admin/users"))
+}

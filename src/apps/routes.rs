@@ -1,0 +1,420 @@
+//! App and domain pages, and `/api/v1/apps`. Page and API handlers share one function per action.
+
+use askama::Template;
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{hostname, store, store::App, validate_backend, validate_name};
+use crate::{
+    accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
+    audit::{self, Entry},
+    db::Page,
+    error::{AppError, AppResult, ErrorItem},
+    startup::AppState,
+    web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/apps", get(apps_page).post(create_app_page))
+        .route("/apps/{app}", get(app_page))
+        .route("/apps/{app}/delete", post(delete_app_page))
+        .route("/apps/{app}/domains", post(add_domain_page))
+        .route("/apps/{app}/domains/remove", post(remove_domain_page))
+        .route("/api/v1/apps", get(list_apps_api).post(create_app_api))
+        .route("/api/v1/apps/{app}", get(show_app_api).delete(delete_app_api))
+        .route(
+            "/api/v1/apps/{app}/domains",
+            get(list_domains_api).post(add_domain_api),
+        )
+        .route(
+            "/api/v1/apps/{app}/domains/{hostname}",
+            axum::routing::delete(remove_domain_api),
+        )
+}
+
+// ---- the actions, shared by pages and API ----
+
+async fn create_app(state: &AppState, user: &User, ip: ClientIp, name: &str, backend: &str) -> AppResult<App> {
+    let mut errors = Vec::new();
+    let name = validate_name(name)
+        .map_err(|m| errors.push(ErrorItem::new("invalid_app_name", m).on("name")))
+        .ok();
+    let backend = validate_backend(backend)
+        .map_err(|m| errors.push(ErrorItem::new("invalid_backend_url", m).on("backend_url")))
+        .ok();
+    let (Some(name), Some(backend)) = (name, backend) else {
+        return Err(AppError::many(StatusCode::UNPROCESSABLE_ENTITY, errors));
+    };
+    let app = store::create(&state.db, user, &name, &backend).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "app.created", "app", &app.name)
+            .app(&app.name)
+            .detail(json!({"backend_url": app.backend_url}))
+            .ip(ip.0),
+    )
+    .await?;
+    Ok(app)
+}
+
+async fn delete_app(state: &AppState, user: &User, ip: ClientIp, app: &App) -> AppResult<()> {
+    store::delete(&state.db, app).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "app.deleted", "app", &app.name).app(&app.name).ip(ip.0),
+    )
+    .await
+}
+
+async fn add_domain(state: &AppState, user: &User, ip: ClientIp, app: &App, raw: &str) -> AppResult<store::Domain> {
+    let host = hostname::normalize(raw)
+        .map_err(|m| AppError::unprocessable(ErrorItem::new("invalid_hostname", m).on("hostname")))?;
+    let domain = store::add_domain(&state.db, app, &host).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "domain.added", "domain", &host).app(&app.name).ip(ip.0),
+    )
+    .await?;
+    Ok(domain)
+}
+
+async fn remove_domain(state: &AppState, user: &User, ip: ClientIp, app: &App, raw: &str) -> AppResult<()> {
+    let host = hostname::normalize(raw).unwrap_or_else(|_| raw.trim().to_lowercase());
+    if !store::remove_domain(&state.db, app, &host).await? {
+        return Err(AppError::not_found("domain"));
+    }
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "domain.removed", "domain", &host).app(&app.name).ip(ip.0),
+    )
+    .await
+}
+
+// ---- pages ----
+
+struct AppRow {
+    app: App,
+    domains: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "apps/list.html")]
+struct AppsPage {
+    chrome: Chrome,
+    apps: Vec<AppRow>,
+    next_cursor: Option<String>,
+    is_staff: bool,
+    name: String,
+    backend_url: String,
+    errors: FormErrors,
+}
+
+#[derive(Deserialize)]
+struct CursorQuery {
+    cursor: Option<String>,
+}
+
+async fn apps_listing(state: &AppState, user: &User, cursor: Option<&str>) -> AppResult<(Vec<AppRow>, Option<String>)> {
+    let (apps, next) = store::list_visible(&state.db, user, Page::new(cursor, None)?).await?;
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    let all_domains = store::domains_of(&state.db, &ids).await?;
+    let rows = apps
+        .into_iter()
+        .map(|app| AppRow {
+            domains: all_domains
+                .iter()
+                .filter(|(id, _)| *id == app.id)
+                .map(|(_, h)| h.clone())
+                .collect(),
+            app,
+        })
+        .collect();
+    Ok((rows, next))
+}
+
+async fn apps_page(State(state): State<AppState>, me: SignedIn, Query(q): Query<CursorQuery>) -> PageResult {
+    let (apps, next_cursor) = apps_listing(&state, &me.user, q.cursor.as_deref()).await?;
+    Ok(render(&AppsPage {
+        chrome: me.chrome().await?,
+        apps,
+        next_cursor,
+        is_staff: me.user.role.is_staff(),
+        name: String::new(),
+        backend_url: String::new(),
+        errors: FormErrors::default(),
+    })?)
+}
+
+#[derive(Deserialize)]
+struct CreateAppForm {
+    name: String,
+    backend_url: String,
+}
+
+async fn create_app_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<CreateAppForm>,
+) -> PageResult {
+    match create_app(&state, &me.user, ip, &form.name, &form.backend_url).await {
+        Ok(app) => {
+            web::flash(&me.session, "ok", format!("App {} created. Add its domains next.", app.name)).await?;
+            Ok(see_other(&format!("/apps/{}", app.name)))
+        }
+        Err(err) if err.status.is_client_error() => {
+            let (apps, next_cursor) = apps_listing(&state, &me.user, None).await?;
+            Ok(render_status(
+                err.status,
+                &AppsPage {
+                    chrome: me.chrome().await?,
+                    apps,
+                    next_cursor,
+                    is_staff: me.user.role.is_staff(),
+                    name: form.name,
+                    backend_url: form.backend_url,
+                    errors: err.into(),
+                },
+            )?)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "apps/show.html")]
+struct AppPage {
+    chrome: Chrome,
+    app: App,
+    domains: Vec<store::Domain>,
+    hostname: String,
+    errors: FormErrors,
+}
+
+async fn render_app_page(
+    state: &AppState,
+    me: &SignedIn,
+    app: App,
+    status: StatusCode,
+    hostname: String,
+    errors: FormErrors,
+) -> PageResult {
+    let domains = store::domains(&state.db, &app).await?;
+    Ok(render_status(
+        status,
+        &AppPage {
+            chrome: me.chrome().await?,
+            app,
+            domains,
+            hostname,
+            errors,
+        },
+    )?)
+}
+
+async fn app_page(State(state): State<AppState>, me: SignedIn, Path(name): Path<String>) -> PageResult {
+    let app = store::find_visible(&state.db, &me.user, &name).await?;
+    render_app_page(&state, &me, app, StatusCode::OK, String::new(), FormErrors::default()).await
+}
+
+#[derive(Deserialize)]
+struct DomainForm {
+    hostname: String,
+}
+
+async fn add_domain_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<DomainForm>,
+) -> PageResult {
+    let app = store::find_visible(&state.db, &me.user, &name).await?;
+    match add_domain(&state, &me.user, ip, &app, &form.hostname).await {
+        Ok(domain) => {
+            web::flash(&me.session, "ok", format!("{} added.", domain.hostname)).await?;
+            Ok(see_other(&format!("/apps/{}", app.name)))
+        }
+        Err(err) if err.status.is_client_error() => {
+            render_app_page(&state, &me, app, err.status, form.hostname, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn remove_domain_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<DomainForm>,
+) -> PageResult {
+    let app = store::find_visible(&state.db, &me.user, &name).await?;
+    remove_domain(&state, &me.user, ip, &app, &form.hostname).await?;
+    web::flash(&me.session, "ok", format!("{} removed.", form.hostname.trim())).await?;
+    Ok(see_other(&format!("/apps/{}", app.name)))
+}
+
+async fn delete_app_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    CsrfForm(_): CsrfForm<NoFields>,
+) -> PageResult {
+    let app = store::find_visible(&state.db, &me.user, &name).await?;
+    delete_app(&state, &me.user, ip, &app).await?;
+    web::flash(&me.session, "ok", format!("App {} deleted.", app.name)).await?;
+    Ok(see_other("/apps"))
+}
+
+// ---- JSON API ----
+
+#[derive(Serialize)]
+pub struct AppJson {
+    name: String,
+    backend_url: String,
+    owner: String,
+    force_https: bool,
+    domains: Vec<String>,
+    created_at: String,
+}
+
+impl AppJson {
+    fn new(app: App, domains: Vec<String>) -> Self {
+        Self {
+            name: app.name,
+            backend_url: app.backend_url,
+            owner: app.owner_email,
+            force_https: app.force_https,
+            domains,
+            created_at: web::rfc3339(app.created_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DomainJson {
+    hostname: String,
+    created_at: String,
+}
+
+impl From<store::Domain> for DomainJson {
+    fn from(d: store::Domain) -> Self {
+        Self {
+            hostname: d.hostname,
+            created_at: web::rfc3339(d.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_apps_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Query(q): Query<ListQuery>,
+) -> AppResult<Response> {
+    let (apps, next) = store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
+    let all_domains = store::domains_of(&state.db, &ids).await?;
+    let items: Vec<AppJson> = apps
+        .into_iter()
+        .map(|app| {
+            let domains = all_domains
+                .iter()
+                .filter(|(id, _)| *id == app.id)
+                .map(|(_, h)| h.clone())
+                .collect();
+            AppJson::new(app, domains)
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreateAppRequest {
+    name: String,
+    backend_url: String,
+}
+
+async fn create_app_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Json(req): Json<CreateAppRequest>,
+) -> AppResult<Response> {
+    let app = create_app(&state, &user, ip, &req.name, &req.backend_url).await?;
+    Ok((StatusCode::CREATED, Json(AppJson::new(app, Vec::new()))).into_response())
+}
+
+async fn show_app_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(name): Path<String>,
+) -> AppResult<Response> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    let domains = store::domains(&state.db, &app).await?;
+    Ok(Json(AppJson::new(app, domains.into_iter().map(|d| d.hostname).collect())).into_response())
+}
+
+async fn delete_app_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(name): Path<String>,
+) -> AppResult<StatusCode> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    delete_app(&state, &user, ip, &app).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_domains_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(name): Path<String>,
+) -> AppResult<Response> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    let items: Vec<DomainJson> = store::domains(&state.db, &app).await?.into_iter().map(Into::into).collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
+}
+
+#[derive(Deserialize)]
+struct AddDomainRequest {
+    hostname: String,
+}
+
+async fn add_domain_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    Json(req): Json<AddDomainRequest>,
+) -> AppResult<Response> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    let domain = add_domain(&state, &user, ip, &app, &req.hostname).await?;
+    Ok((StatusCode::CREATED, Json(DomainJson::from(domain))).into_response())
+}
+
+async fn remove_domain_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path((name, host)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    remove_domain(&state, &user, ip, &app, &host).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

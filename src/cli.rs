@@ -1,0 +1,188 @@
+//! The command tree. Server verbs act on the configured database directly; client verbs talk to
+//! a server over the JSON API (see `client`).
+
+use std::{io::Read, process::ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    accounts::{self, Role, password, store},
+    audit::{self, Entry},
+    client,
+    config::Config,
+    db,
+    startup::{Application, shutdown_signal},
+};
+
+#[derive(Parser)]
+#[command(name = "certdrop", version, about = "TLS certificates from your hands to a pair of edge servers, safely.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the web UI, the JSON API and the background workers.
+    Serve,
+    /// Create a user of any role (server side).
+    #[command(name = "users:create")]
+    UsersCreate {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["customer", "staff", "admin"])]
+        role: String,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Sign in to a certdrop server and remember an API token for the other verbs.
+    Login {
+        /// The server (default: $CERTDROP_URL, the saved one, or http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List your apps.
+    Apps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an app.
+    #[command(name = "apps:create")]
+    AppsCreate {
+        name: String,
+        /// Where the edge servers send the app's traffic, e.g. http://10.0.0.5:8000
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an app (type its name again with --confirm).
+    #[command(name = "apps:delete")]
+    AppsDelete {
+        name: String,
+        #[arg(long)]
+        confirm: String,
+    },
+    /// List an app's custom domains.
+    Domains {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a custom domain to an app (wildcards like *.example.com allowed).
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        hostname: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// Remove a custom domain from an app.
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        hostname: String,
+        #[arg(long)]
+        app: String,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("certdrop: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("certdrop: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            init_logging("info");
+            let config = Config::from_env()?;
+            let app = Application::build(config).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Command::UsersCreate {
+            email,
+            role,
+            password_stdin,
+        } => {
+            init_logging("warn");
+            users_create(&email, &role, password_stdin).await
+        }
+        other => {
+            init_logging("warn");
+            client::run(other).await
+        }
+    }
+}
+
+/// Reads one line (a password) from standard input.
+pub fn read_stdin_secret() -> anyhow::Result<SecretString> {
+    let mut buf = String::new();
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .context("reading the password from standard input")?;
+    let line = buf.lines().next().unwrap_or("").to_string();
+    Ok(SecretString::from(line))
+}
+
+async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let email = accounts::normalize_email(email).map_err(anyhow::Error::msg)?;
+    let role = Role::parse(role).context("role must be customer, staff or admin")?;
+    let (secret, generated) = if password_stdin {
+        let secret = read_stdin_secret()?;
+        if let Err(msg) = accounts::check_new_password(secret.expose_secret()) {
+            bail!(msg);
+        }
+        (secret, false)
+    } else {
+        (SecretString::from(accounts::tokens::random_secret()[..24].to_string()), true)
+    };
+    let config = Config::from_env()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = db::connect(&config).await?;
+    let hash = password::hash(secret.clone()).await?;
+    let user = store::create_user(&db, &email, &hash, role)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message()))?;
+    audit::record(
+        &db,
+        Entry::new(None, "user.created", "user", user.id)
+            .detail(serde_json::json!({"email": user.email, "role": role.as_str(), "via": "cli"})),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.message()))?;
+    println!("Created {} user {}.", role.as_str(), user.email);
+    if generated {
+        println!("Password (shown once, keep it safe): {}", secret.expose_secret());
+    }
+    Ok(())
+}

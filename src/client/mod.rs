@@ -1,0 +1,292 @@
+//! The HTTP client behind the CLI's client verbs: finds the server and token ($CERTDROP_URL,
+//! $CERTDROP_TOKEN, or the credentials file `certdrop login` writes), calls the JSON API and
+//! prints tables (or JSON with `--json`). It never prints a token after `login`.
+
+mod output;
+
+use std::{
+    io::{BufRead, Write},
+    path::PathBuf,
+};
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::cli::{Command, read_stdin_secret};
+use output::{Table, print_json};
+
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    url: String,
+    email: String,
+    token: String,
+}
+
+fn credentials_path() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("CERTDROP_CONFIG_DIR") {
+        return Ok(PathBuf::from(dir).join("credentials.json"));
+    }
+    let base = std::env::var("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("cannot find a configuration directory; set CERTDROP_CONFIG_DIR")?;
+    Ok(base.join("certdrop").join("credentials.json"))
+}
+
+fn load_credentials() -> Option<Credentials> {
+    let path = credentials_path().ok()?;
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn save_credentials(creds: &Credentials) -> anyhow::Result<PathBuf> {
+    let path = credentials_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(&serde_json::to_vec_pretty(creds)?)?;
+    Ok(path)
+}
+
+/// A client for one server, with or without a token.
+pub struct Client {
+    base: String,
+    token: Option<SecretString>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<SecretString>) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .user_agent(concat!("certdrop-cli/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+        })
+    }
+
+    /// The server and token from the environment or the credentials file.
+    fn configured() -> anyhow::Result<Self> {
+        let saved = load_credentials();
+        let url = std::env::var("CERTDROP_URL")
+            .ok()
+            .or_else(|| saved.as_ref().map(|c| c.url.clone()))
+            .unwrap_or_else(|| DEFAULT_URL.into());
+        let token = std::env::var("CERTDROP_TOKEN")
+            .ok()
+            .or_else(|| saved.map(|c| c.token))
+            .map(SecretString::from);
+        if token.is_none() {
+            bail!("not signed in: run `certdrop login` or set CERTDROP_TOKEN");
+        }
+        Self::new(&url, token)
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token.expose_secret());
+        }
+        req
+    }
+
+    /// Sends a request and returns its JSON body, or an error made of the server's messages.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the certdrop server at {}", self.base))?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if status.is_success() {
+            if body.is_empty() || status == StatusCode::NO_CONTENT {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_slice(&body).context("the server sent a response that is not JSON");
+        }
+        let messages = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("errors").cloned())
+            .and_then(|e| e.as_array().cloned())
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e["code"].as_str().unwrap_or("error"),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("{messages}\n  (run `certdrop login` to sign in again)");
+        }
+        bail!("{messages}")
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(self.request(Method::POST, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(Method::DELETE, path)).await
+    }
+
+    /// Every item of a paginated listing, following `next_cursor`.
+    pub async fn list_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}cursor={}", urlencode(c)),
+                None => path.to_string(),
+            };
+            let page = self.get(&url).await?;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn prompt(label: &str) -> anyhow::Result<String> {
+    eprint!("{label}: ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Login { url, email, password_stdin } => login(url, email, password_stdin).await,
+        Command::Apps { json } => {
+            let items = Client::configured()?.list_all("/api/v1/apps").await?;
+            if json {
+                return print_json(&items);
+            }
+            let mut table = Table::new(&["Name", "Domains", "Backend", "Owner"]);
+            for app in &items {
+                table.row(vec![
+                    output::s(&app["name"]),
+                    output::list(&app["domains"]),
+                    output::s(&app["backend_url"]),
+                    output::s(&app["owner"]),
+                ]);
+            }
+            table.print_or("No apps yet. Create one with `certdrop apps:create NAME --backend URL`.");
+            Ok(())
+        }
+        Command::AppsCreate { name, backend, json } => {
+            let app = Client::configured()?
+                .post("/api/v1/apps", json!({"name": name, "backend_url": backend}))
+                .await?;
+            if json {
+                return print_json(&app);
+            }
+            println!(
+                "Created {} → {}.\nNext: certdrop domains:add www.example.com --app {}",
+                output::s(&app["name"]),
+                output::s(&app["backend_url"]),
+                output::s(&app["name"])
+            );
+            Ok(())
+        }
+        Command::AppsDelete { name, confirm } => {
+            if confirm != name {
+                bail!("to delete {name}, repeat its name: --confirm {name}");
+            }
+            Client::configured()?.delete(&format!("/api/v1/apps/{}", urlencode(&name))).await?;
+            println!("Deleted {name}.");
+            Ok(())
+        }
+        Command::Domains { app, json } => {
+            let items = Client::configured()?
+                .list_all(&format!("/api/v1/apps/{}/domains", urlencode(&app)))
+                .await?;
+            if json {
+                return print_json(&items);
+            }
+            let mut table = Table::new(&["Domain", "Added"]);
+            for d in &items {
+                table.row(vec![output::s(&d["hostname"]), output::s(&d["created_at"])]);
+            }
+            table.print_or(&format!("No domains yet. Add one with `certdrop domains:add HOST --app {app}`."));
+            Ok(())
+        }
+        Command::DomainsAdd { hostname, app } => {
+            let d = Client::configured()?
+                .post(&format!("/api/v1/apps/{}/domains", urlencode(&app)), json!({"hostname": hostname}))
+                .await?;
+            println!("Added {} to {app}.", output::s(&d["hostname"]));
+            Ok(())
+        }
+        Command::DomainsRemove { hostname, app } => {
+            Client::configured()?
+                .delete(&format!("/api/v1/apps/{}/domains/{}", urlencode(&app), urlencode(&hostname)))
+                .await?;
+            println!("Removed {hostname} from {app}.");
+            Ok(())
+        }
+        Command::Serve | Command::UsersCreate { .. } => unreachable!("server verbs are dispatched in cli"),
+    }
+}
+
+async fn login(url: Option<String>, email: Option<String>, password_stdin: bool) -> anyhow::Result<()> {
+    let url = url
+        .or_else(|| std::env::var("CERTDROP_URL").ok())
+        .or_else(|| load_credentials().map(|c| c.url))
+        .unwrap_or_else(|| DEFAULT_URL.into());
+    let email = match email {
+        Some(e) => e,
+        None => prompt("Email")?,
+    };
+    let password = if password_stdin {
+        read_stdin_secret()?
+    } else {
+        SecretString::from(rpassword::prompt_password("Password: ").context("reading the password")?)
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
+    let client = Client::new(&url, None)?;
+    let resp = client
+        .post(
+            "/api/v1/tokens",
+            json!({"email": email, "password": password.expose_secret(), "name": format!("CLI on {host}")}),
+        )
+        .await?;
+    let token = resp["token"].as_str().context("the server sent no token")?;
+    let path = save_credentials(&Credentials {
+        url: url.clone(),
+        email: output::s(&resp["email"]),
+        token: token.to_string(),
+    })?;
+    println!("Signed in to {url} as {}. Token saved to {}.", output::s(&resp["email"]), path.display());
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Plain-text tables and JSON for the CLI's listings.
+
+use serde_json::Value;
+
+/// A string field of a JSON value, or empty.
+pub fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON array of strings, comma-separated.
+pub fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|items| items.iter().map(s).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Columns padded to their widest cell, like `heroku certs`.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        let mut out = vec![line(&self.header)];
+        out.push(
+            widths
+                .iter()
+                .map(|w| "─".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("  "),
+        );
+        out.extend(self.rows.iter().map(|r| line(r)));
+        out.join("\n")
+    }
+
+    /// Prints the table, or `empty` when it has no rows.
+    pub fn print_or(&self, empty: &str) {
+        if self.rows.is_empty() {
+            println!("{empty}");
+        } else {
+            println!("{}", self.render());
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! One typed `Config`, read from the environment and validated at start.
+//! It never logs a secret: the database and SMTP URLs are `SecretString`s.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// Which database engine a URL points at. Both run the same SQL through sqlx's `Any` driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbBackend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: SecretString,
+    pub db_backend: DbBackend,
+    pub listen: SocketAddr,
+    /// `None` means "derive it from the bound address" (so port 0 works in tests).
+    pub base_url: Option<Url>,
+    pub vault_identity: PathBuf,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    pub extra_trust_roots: Option<PathBuf>,
+    pub pair_price_cents: i64,
+    pub currency: String,
+}
+
+/// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
+fn read_var(name: &str) -> anyhow::Result<Option<String>> {
+    if let Ok(value) = std::env::var(name) {
+        let value = value.trim().to_string();
+        return Ok((!value.is_empty()).then_some(value));
+    }
+    let file_var = format!("{name}_FILE");
+    if let Ok(path) = std::env::var(&file_var) {
+        let value = std::fs::read_to_string(&path)
+            .with_context(|| format!("{file_var}: cannot read the file {path}"))?;
+        let value = value.trim().to_string();
+        return Ok((!value.is_empty()).then_some(value));
+    }
+    Ok(None)
+}
+
+impl Config {
+    /// Reads every setting of PRODUCT.md's configuration table from the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let data_dir = PathBuf::from(
+            read_var("CERTDROP_DATA_DIR")?.unwrap_or_else(|| "./certdrop-data".into()),
+        );
+        let database_url = read_var("CERTDROP_DATABASE_URL")?;
+        let listen = read_var("CERTDROP_LISTEN")?.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let base_url = read_var("CERTDROP_BASE_URL")?;
+        let vault_identity = read_var("CERTDROP_VAULT_IDENTITY")?;
+        let smtp_url = read_var("CERTDROP_SMTP_URL")?;
+        let mail_from =
+            read_var("CERTDROP_MAIL_FROM")?.unwrap_or_else(|| "certdrop@localhost".into());
+        let extra_trust_roots = read_var("CERTDROP_EXTRA_TRUST_ROOTS")?;
+        let price = read_var("CERTDROP_PAIR_PRICE_CENTS")?.unwrap_or_else(|| "2000".into());
+        let currency = read_var("CERTDROP_CURRENCY")?.unwrap_or_else(|| "USD".into());
+        Self::build(
+            data_dir,
+            database_url,
+            &listen,
+            base_url,
+            vault_identity,
+            smtp_url,
+            mail_from,
+            extra_trust_roots,
+            &price,
+            currency,
+        )
+    }
+
+    /// A configuration for a data directory with every other setting at its default.
+    pub fn for_data_dir(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::build(
+            data_dir.to_path_buf(),
+            None,
+            "127.0.0.1:0",
+            None,
+            None,
+            None,
+            "certdrop@localhost".into(),
+            None,
+            "2000",
+            "USD".into(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        data_dir: PathBuf,
+        database_url: Option<String>,
+        listen: &str,
+        base_url: Option<String>,
+        vault_identity: Option<String>,
+        smtp_url: Option<String>,
+        mail_from: String,
+        extra_trust_roots: Option<String>,
+        price: &str,
+        currency: String,
+    ) -> anyhow::Result<Self> {
+        let database_url = database_url.unwrap_or_else(|| {
+            format!("sqlite://{}", data_dir.join("certdrop.db").display())
+        });
+        let db_backend = parse_database_url(&database_url)?;
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "CERTDROP_LISTEN: `{listen}` is not an address and port; use e.g. 127.0.0.1:8080"
+            )
+        })?;
+        let base_url = base_url.map(|raw| parse_base_url(&raw)).transpose()?;
+        let vault_identity = vault_identity
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("vault-identity.age"));
+        if let Some(raw) = &smtp_url {
+            let url = Url::parse(raw).map_err(|_| {
+                anyhow::anyhow!("CERTDROP_SMTP_URL is not a URL; use e.g. smtp://127.0.0.1:2525")
+            })?;
+            if !matches!(url.scheme(), "smtp" | "smtps") || url.host_str().is_none() {
+                bail!(
+                    "CERTDROP_SMTP_URL must be smtp://HOST[:PORT] or smtps://HOST[:PORT], got scheme `{}`",
+                    url.scheme()
+                );
+            }
+        }
+        let mail_from = mail_from.trim().to_string();
+        if mail_from.parse::<lettre::Address>().is_err() {
+            bail!("CERTDROP_MAIL_FROM: `{mail_from}` is not an email address");
+        }
+        let extra_trust_roots = extra_trust_roots.map(PathBuf::from);
+        if let Some(path) = &extra_trust_roots {
+            if !path.is_file() {
+                bail!(
+                    "CERTDROP_EXTRA_TRUST_ROOTS: {} is not a readable PEM file",
+                    path.display()
+                );
+            }
+        }
+        let pair_price_cents: i64 = price.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+            anyhow::anyhow!(
+                "CERTDROP_PAIR_PRICE_CENTS: `{price}` is not a whole number of cents (e.g. 2000 for 20.00)"
+            )
+        })?;
+        let currency = currency.trim().to_string();
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            bail!("CERTDROP_CURRENCY: `{currency}` is not an ISO 4217 code such as USD or EUR");
+        }
+        Ok(Self {
+            data_dir,
+            database_url: SecretString::from(database_url),
+            db_backend,
+            listen,
+            base_url,
+            vault_identity,
+            smtp_url: smtp_url.map(SecretString::from),
+            mail_from,
+            extra_trust_roots,
+            pair_price_cents,
+            currency,
+        })
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+}
+
+/// Which backend a database URL names; an error that says what is accepted otherwise.
+pub fn parse_database_url(raw: &str) -> anyhow::Result<DbBackend> {
+    let hint = "use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE";
+    let scheme = raw.split_once("://").map(|(s, _)| s).ok_or_else(|| {
+        anyhow::anyhow!("CERTDROP_DATABASE_URL is not a database URL; {hint}")
+    })?;
+    match scheme {
+        "sqlite" => Ok(DbBackend::Sqlite),
+        "postgres" | "postgresql" => {
+            let url = Url::parse(raw).map_err(|_| {
+                anyhow::anyhow!("CERTDROP_DATABASE_URL is not a valid PostgreSQL URL; {hint}")
+            })?;
+            if url.host_str().is_none_or(str::is_empty) {
+                bail!("CERTDROP_DATABASE_URL names no PostgreSQL host; {hint}");
+            }
+            Ok(DbBackend::Postgres)
+        }
+        other => bail!("CERTDROP_DATABASE_URL: unsupported scheme `{other}`; {hint}"),
+    }
+}
+
+fn parse_base_url(raw: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(raw).map_err(|_| {
+        anyhow::anyhow!("CERTDROP_BASE_URL: `{raw}` is not a URL; use e.g. https://certdrop.example.com")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("CERTDROP_BASE_URL must be an http:// or https:// URL with a host, got `{raw}`");
+    }
+    if url.path() != "/" || url.query().is_some() {
+        bail!("CERTDROP_BASE_URL must be an origin without a path, e.g. https://certdrop.example.com");
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_with_an_unknown_scheme_is_refused_with_a_hint() {
+        let err = parse_database_url("mysql://root@localhost/db").unwrap_err();
+        assert!(err.to_string().contains("unsupported scheme `mysql`"));
+        assert!(parse_database_url("not a url").is_err());
+        assert_eq!(parse_database_url("sqlite://x.db").unwrap(), DbBackend::Sqlite);
+        assert_eq!(
+            parse_database_url("postgres://postgres@127.0.0.1:5432/test").unwrap(),
+            DbBackend::Postgres
+        );
+    }
+
+    #[test]
+    fn a_base_url_with_a_path_is_refused() {
+        assert!(parse_base_url("https://example.com/certdrop").is_err());
+        assert!(parse_base_url("ftp://example.com").is_err());
+        assert!(parse_base_url("https://example.com").is_ok());
+    }
+}

@@ -1,0 +1,138 @@
+//! The database pool, migrations and small helpers shared by every store.
+//! One code path for SQLite and PostgreSQL: sqlx's `Any` driver, `$1` placeholders, portable SQL.
+//! Only migrations differ per backend (identity columns), and a test keeps them otherwise equal.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{
+    AnyPool,
+    any::{AnyPoolOptions, install_default_drivers},
+    migrate::Migrator,
+};
+
+use crate::config::{Config, DbBackend};
+
+pub type Db = AnyPool;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connects to the configured database, creating the SQLite file when needed, and migrates it.
+pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+    install_default_drivers();
+    let mut url = config.database_url().to_string();
+    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+    let options = match config.db_backend {
+        DbBackend::Sqlite => {
+            if !url.contains('?') {
+                url.push_str("?mode=rwc");
+            }
+            // WAL lets readers proceed while one writer writes; sqlx waits out a busy database.
+            options.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+        }
+        DbBackend::Postgres => options.max_connections(16),
+    };
+    let pool = options
+        .connect(&url)
+        .await
+        .context("cannot connect to the database named by CERTDROP_DATABASE_URL")?;
+    let migrator = match config.db_backend {
+        DbBackend::Sqlite => &SQLITE_MIGRATIONS,
+        DbBackend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    migrator
+        .run(&pool)
+        .await
+        .context("cannot run the database migrations")?;
+    Ok(pool)
+}
+
+/// The current time in unix seconds, the one timestamp format stored.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// True when a database error is a unique-constraint violation (mapped to 409, never 500).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.code().as_deref() == Some("23505")
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Cursor pagination: `limit` rows after `cursor` (an id), and the cursor of the next page.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub after: i64,
+    pub limit: i64,
+}
+
+impl Page {
+    pub const MAX: i64 = 200;
+
+    pub fn new(cursor: Option<&str>, limit: Option<i64>) -> Result<Self, crate::error::AppError> {
+        let after = match cursor {
+            None | Some("") => 0,
+            Some(c) => c.parse().map_err(|_| {
+                crate::error::AppError::bad_request(
+                    "invalid_cursor",
+                    "The cursor is not one this server gave out; start again without it.",
+                )
+            })?,
+        };
+        let limit = limit.unwrap_or(50).clamp(1, Self::MAX);
+        Ok(Self { after, limit })
+    }
+
+    /// Asks for one row more than shown, to know whether a next page exists.
+    pub fn fetch_limit(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// Trims the extra row and returns the next cursor, if any.
+    pub fn finish<T>(&self, mut rows: Vec<T>, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+        if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            let next = rows.last().map(|r| id(r).to_string());
+            (rows, next)
+        } else {
+            (rows, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_for_both_backends_differ_only_in_identity_columns() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut names: Vec<_> = std::fs::read_dir(root.join("sqlite"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert!(!names.is_empty());
+        for name in names {
+            let sqlite = std::fs::read_to_string(root.join("sqlite").join(&name)).unwrap();
+            let postgres = std::fs::read_to_string(root.join("postgres").join(&name))
+                .unwrap_or_else(|_| panic!("migrations/postgres/{name:?} is missing"));
+            let sqlite = sqlite.replace(
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+            );
+            assert_eq!(sqlite, postgres, "{name:?} differs beyond identity columns");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! certdrop: takes a customer's TLS key, certificate and chain safely to a pair of edge servers.
+#![doc = "See README.md for the architecture and PRODUCT.md for the public surface."]
+
+/// Users, roles, passwords, sessions, CSRF, login rate limits and API tokens.
+pub mod accounts;
+/// Apps and their custom domains.
+pub mod apps;
+/// The append-only audit trail.
+pub mod audit;
+/// The clap command tree: server verbs and client verbs.
+pub mod cli;
+/// The HTTP client behind the CLI's client verbs.
+pub mod client;
+/// One typed `Config`, from the environment.
+pub mod config;
+/// Pool, migrations, pagination.
+pub mod db;
+/// `AppError`: what users see versus what is logged.
+pub mod error;
+/// State, router, serving and shutdown.
+pub mod startup;
+/// Layout context, rendering, security headers, the Origin check.
+pub mod web;

@@ -1,0 +1,231 @@
+//! Builds the state and the router, binds (port 0 works, for tests), runs the server and its
+//! background workers until a shutdown signal, then stops gracefully.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{StatusCode, Uri},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tower_sessions::{Expiry, SessionManagerLayer, cookie::SameSite};
+use tracing::Level;
+use url::Url;
+
+use crate::{
+    accounts::{self, Viewer, ratelimit::LoginLimiter, session_store::DbSessionStore},
+    apps, audit,
+    config::Config,
+    db::{self, Db},
+    error::AppError,
+    web::{self, PageError},
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    /// Where users reach certdrop: links in mails, the Origin check, the cookie's `Secure`.
+    pub base_url: Url,
+    /// `scheme://host[:port]` of `base_url`, as browsers send it in `Origin`.
+    pub base_origin: String,
+    pub login_limiter: Arc<LoginLimiter>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Uploads are at most 1 MiB of key material; the multipart envelope gets some room on top.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
+
+impl Application {
+    /// Prepares the data directory and database and binds the listener; nothing is served yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        create_private_dir(&config.data_dir)?;
+        let db = db::connect(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (CERTDROP_LISTEN)", config.listen))?;
+        let local = listener.local_addr()?;
+        let base_url = match &config.base_url {
+            Some(url) => url.clone(),
+            None => Url::parse(&format!("http://{local}")).context("base URL from the bound address")?,
+        };
+        let base_origin = base_url.origin().ascii_serialization();
+        accounts::password::warm_up().await;
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            base_url,
+            base_origin,
+            login_limiter: Arc::new(LoginLimiter::new()),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let workers = spawn_workers(&self.state);
+        let router = router(self.state.clone());
+        tracing::info!(
+            address = %self.address(),
+            base_url = %self.state.base_url,
+            database = ?self.state.config.db_backend,
+            "certdrop is serving"
+        );
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        for worker in workers {
+            worker.abort();
+        }
+        served.context("the HTTP server stopped with an error")
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {} (CERTDROP_DATA_DIR)", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let sessions = DbSessionStore::new(state.db.clone());
+    let limiter = state.login_limiter.clone();
+    vec![tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            if let Err(err) = sessions.delete_expired().await {
+                tracing::warn!(error = format!("{err:#}"), "could not delete expired sessions");
+            }
+            limiter.prune();
+        }
+    })]
+}
+
+pub fn router(state: AppState) -> Router {
+    let secure_cookie = state.base_url.scheme() == "https";
+    let sessions = SessionManagerLayer::new(DbSessionStore::new(state.db.clone()))
+        .with_name("certdrop_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Strict)
+        .with_secure(secure_cookie)
+        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            // The path only: a query string is never logged.
+            tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
+    Router::new()
+        .route("/", get(home))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/static/app.css", get(web::stylesheet))
+        .route("/api/v1/openapi.json", get(openapi))
+        .merge(accounts::routes::router())
+        .merge(apps::routes::router())
+        .merge(audit::routes::router())
+        .fallback(fallback)
+        .layer(sessions)
+        .layer(middleware::from_fn_with_state(state.clone(), web::origin_check))
+        .layer(middleware::from_fn(web::security_headers))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+        .with_state(state)
+}
+
+async fn home(viewer: Viewer) -> Response {
+    web::see_other(if viewer.user.is_some() { "/apps" } else { "/login" })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db).await {
+        Ok(_) => "ready".into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../static/openapi.json"),
+    )
+        .into_response()
+}
+
+async fn fallback(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        AppError::not_found("route").into_response()
+    } else {
+        PageError(AppError::not_found("page")).into_response()
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+

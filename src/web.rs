@@ -1,0 +1,305 @@
+//! What every page shares: the layout's context (`Chrome`), rendering, flash messages, the
+//! HTML error page, static assets, security headers and the Origin check on state changes.
+
+use askama::Template;
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use serde::{Deserialize, Serialize};
+use tower_sessions::Session;
+
+use crate::{
+    accounts::User,
+    error::{AppError, AppResult},
+    startup::AppState,
+};
+
+/// The signed-in user as the layout shows them.
+#[derive(Clone, Debug)]
+pub struct NavUser {
+    pub email: String,
+    pub is_staff: bool,
+    pub is_admin: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Flash {
+    pub kind: String,
+    pub message: String,
+}
+
+/// The layout's context: who is signed in, the CSRF token for forms, a one-time message.
+#[derive(Clone, Debug)]
+pub struct Chrome {
+    pub user: Option<NavUser>,
+    pub csrf: String,
+    pub flash: Option<Flash>,
+}
+
+const FLASH_KEY: &str = "flash";
+
+impl Chrome {
+    pub async fn new(session: &Session, user: Option<&User>) -> AppResult<Self> {
+        let csrf = crate::accounts::csrf::token(session).await?;
+        let flash = session
+            .remove::<Flash>(FLASH_KEY)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+        Ok(Self {
+            user: user.map(|u| NavUser {
+                email: u.email.clone(),
+                is_staff: u.role.is_staff(),
+                is_admin: u.role.is_admin(),
+            }),
+            csrf,
+            flash,
+        })
+    }
+}
+
+/// Leaves a message for the next page the user sees (after a redirect).
+pub async fn flash(session: &Session, kind: &str, message: impl Into<String>) -> AppResult<()> {
+    session
+        .insert(
+            FLASH_KEY,
+            Flash {
+                kind: kind.into(),
+                message: message.into(),
+            },
+        )
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))
+}
+
+pub fn render(page: &impl Template) -> AppResult<Response> {
+    Ok(Html(page.render()?).into_response())
+}
+
+/// Renders a page with a status other than 200 (a form shown again with its errors).
+pub fn render_status(status: StatusCode, page: &impl Template) -> AppResult<Response> {
+    Ok((status, Html(page.render()?)).into_response())
+}
+
+pub fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// An error on an HTML page: the same `AppError`, shown as a page instead of JSON.
+#[derive(Debug)]
+pub struct PageError(pub AppError);
+
+pub type PageResult = Result<Response, PageError>;
+
+impl<E: Into<AppError>> From<E> for PageError {
+    fn from(err: E) -> Self {
+        Self(err.into())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    title: &'a str,
+    messages: Vec<String>,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let err = self.0;
+        err.log();
+        if err.status == StatusCode::UNAUTHORIZED {
+            return Redirect::to("/login").into_response();
+        }
+        let page = ErrorPage {
+            status: err.status.as_u16(),
+            title: err.status.canonical_reason().unwrap_or("Error"),
+            messages: err.errors.iter().map(|e| e.message.clone()).collect(),
+        };
+        let body = page
+            .render()
+            .unwrap_or_else(|_| "certdrop: something went wrong".into());
+        let mut response = (err.status, Html(body)).into_response();
+        if let Some(seconds) = err.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+pub async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../static/app.css"),
+    )
+}
+
+pub async fn not_found_page() -> PageError {
+    PageError(AppError::not_found("page"))
+}
+
+/// Security headers on every response: a CSP without inline script, no framing, no referrer leak.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Refuses a state-changing request that a browser says came from another origin.
+/// Non-browser clients (the CLI, curl) send no Origin; they authenticate with a bearer token.
+pub async fn origin_check(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, PageError> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        check_origin(request.headers(), &state.base_origin)?;
+    }
+    Ok(next.run(request).await)
+}
+
+fn check_origin(headers: &HeaderMap, base_origin: &str) -> AppResult<()> {
+    let refuse = |from: &str| {
+        AppError::new(
+            StatusCode::FORBIDDEN,
+            crate::error::ErrorItem::new(
+                "cross_origin",
+                format!(
+                    "This request came from {from}, not from certdrop at {base_origin}. \
+                     Open certdrop at {base_origin} (CERTDROP_BASE_URL) and try again."
+                ),
+            ),
+        )
+    };
+    match headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")) {
+        Some(origin) if origin != base_origin => Err(refuse(origin)),
+        Some(_) => Ok(()),
+        None => match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+            Some("cross-site") | Some("same-site") => Err(refuse("another site")),
+            _ => Ok(()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_origin_is_refused_and_a_missing_one_allowed() {
+        let base = "http://127.0.0.1:8080";
+        let mut headers = HeaderMap::new();
+        assert!(check_origin(&headers, base).is_ok());
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert_eq!(check_origin(&headers, base).unwrap_err().first_code(), "cross_origin");
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        assert!(check_origin(&headers, base).is_ok());
+        let mut headers = HeaderMap::new();
+        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(check_origin(&headers, base).is_err());
+    }
+}
+
+/// Problems to show on a form: next to their field when they name one, above the form otherwise.
+#[derive(Clone, Debug, Default)]
+pub struct FormErrors(pub Vec<crate::error::ErrorItem>);
+
+impl FormErrors {
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|e| e.field == Some(field))
+            .map(|e| e.message.as_str())
+    }
+
+    pub fn general(&self) -> Vec<&crate::error::ErrorItem> {
+        self.0.iter().filter(|e| e.field.is_none()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<AppError> for FormErrors {
+    fn from(err: AppError) -> Self {
+        Self(err.errors)
+    }
+}
+
+/// Filters the templates use; `use crate::web::filters;` next to a template struct.
+pub mod filters {
+    /// A unix timestamp, however many references deep the template hands it over.
+    pub trait Unix {
+        fn unix(&self) -> i64;
+    }
+
+    impl Unix for i64 {
+        fn unix(&self) -> i64 {
+            *self
+        }
+    }
+
+    impl<T: Unix + ?Sized> Unix for &T {
+        fn unix(&self) -> i64 {
+            (**self).unix()
+        }
+    }
+
+    /// Unix seconds as `2026-11-24 06:35 UTC`.
+    pub fn datetime<T: Unix>(at: T, _: &dyn askama::Values) -> askama::Result<String> {
+        Ok(super::format_time(at.unix()))
+    }
+
+    /// Unix seconds as a calendar date, `2026-11-24`.
+    pub fn date<T: Unix>(at: T, _: &dyn askama::Values) -> askama::Result<String> {
+        let mut s = super::format_time(at.unix());
+        s.truncate(10);
+        Ok(s)
+    }
+}
+
+pub fn format_time(unix: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Unix seconds as RFC 3339, the format of every time in the JSON API.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// A `next` parameter is followed only to a local path: never `//host` or `\\host` (no open redirect).
+pub fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/apps",
+    }
+}
