@@ -18,7 +18,11 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "certdrop", version, about = "TLS certificates from your hands to a pair of edge servers, safely.")]
+#[command(
+    name = "certdrop",
+    version,
+    about = "TLS certificates from your hands to a pair of edge servers, safely."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,15 +168,16 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
         }
         (secret, false)
     } else {
-        (SecretString::from(accounts::tokens::random_secret()[..24].to_string()), true)
+        (
+            SecretString::from(accounts::tokens::random_secret()[..24].to_string()),
+            true,
+        )
     };
     let config = Config::from_env()?;
     std::fs::create_dir_all(&config.data_dir)?;
     let db = db::connect(&config).await?;
     let hash = password::hash(secret.clone()).await?;
-    let user = store::create_user(&db, &email, &hash, role)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message()))?;
+    let user = store::create_user(&db, &email, &hash, role).await?;
     audit::record(
         &db,
         Entry::new(None, "user.created", "user", user.id)
@@ -182,7 +187,10 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
     .map_err(|e| anyhow::anyhow!(e.message()))?;
     println!("Created {} user {}.", role.as_str(), user.email);
     if generated {
-        println!("Password (shown once, keep it safe): {}", secret.expose_secret());
+        println!(
+            "Password (shown once, keep it safe): {}",
+            secret.expose_secret()
+        );
     }
     Ok(())
 }

@@ -108,9 +108,8 @@ impl Config {
         price: &str,
         currency: String,
     ) -> anyhow::Result<Self> {
-        let database_url = database_url.unwrap_or_else(|| {
-            format!("sqlite://{}", data_dir.join("certdrop.db").display())
-        });
+        let database_url = database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("certdrop.db").display()));
         let db_backend = parse_database_url(&database_url)?;
         let listen: SocketAddr = listen.parse().map_err(|_| {
             anyhow::anyhow!(
@@ -137,13 +136,11 @@ impl Config {
             bail!("CERTDROP_MAIL_FROM: `{mail_from}` is not an email address");
         }
         let extra_trust_roots = extra_trust_roots.map(PathBuf::from);
-        if let Some(path) = &extra_trust_roots {
-            if !path.is_file() {
-                bail!(
-                    "CERTDROP_EXTRA_TRUST_ROOTS: {} is not a readable PEM file",
-                    path.display()
-                );
-            }
+        if let Some(path) = extra_trust_roots.as_ref().filter(|p| !p.is_file()) {
+            bail!(
+                "CERTDROP_EXTRA_TRUST_ROOTS: {} is not a readable PEM file",
+                path.display()
+            );
         }
         let pair_price_cents: i64 = price.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
             anyhow::anyhow!(
@@ -177,9 +174,10 @@ impl Config {
 /// Which backend a database URL names; an error that says what is accepted otherwise.
 pub fn parse_database_url(raw: &str) -> anyhow::Result<DbBackend> {
     let hint = "use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE";
-    let scheme = raw.split_once("://").map(|(s, _)| s).ok_or_else(|| {
-        anyhow::anyhow!("CERTDROP_DATABASE_URL is not a database URL; {hint}")
-    })?;
+    let scheme = raw
+        .split_once("://")
+        .map(|(s, _)| s)
+        .ok_or_else(|| anyhow::anyhow!("CERTDROP_DATABASE_URL is not a database URL; {hint}"))?;
     match scheme {
         "sqlite" => Ok(DbBackend::Sqlite),
         "postgres" | "postgresql" => {
@@ -197,13 +195,17 @@ pub fn parse_database_url(raw: &str) -> anyhow::Result<DbBackend> {
 
 fn parse_base_url(raw: &str) -> anyhow::Result<Url> {
     let url = Url::parse(raw).map_err(|_| {
-        anyhow::anyhow!("CERTDROP_BASE_URL: `{raw}` is not a URL; use e.g. https://certdrop.example.com")
+        anyhow::anyhow!(
+            "CERTDROP_BASE_URL: `{raw}` is not a URL; use e.g. https://certdrop.example.com"
+        )
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         bail!("CERTDROP_BASE_URL must be an http:// or https:// URL with a host, got `{raw}`");
     }
     if url.path() != "/" || url.query().is_some() {
-        bail!("CERTDROP_BASE_URL must be an origin without a path, e.g. https://certdrop.example.com");
+        bail!(
+            "CERTDROP_BASE_URL must be an origin without a path, e.g. https://certdrop.example.com"
+        );
     }
     Ok(url)
 }
@@ -217,7 +219,10 @@ mod tests {
         let err = parse_database_url("mysql://root@localhost/db").unwrap_err();
         assert!(err.to_string().contains("unsupported scheme `mysql`"));
         assert!(parse_database_url("not a url").is_err());
-        assert_eq!(parse_database_url("sqlite://x.db").unwrap(), DbBackend::Sqlite);
+        assert_eq!(
+            parse_database_url("sqlite://x.db").unwrap(),
+            DbBackend::Sqlite
+        );
         assert_eq!(
             parse_database_url("postgres://postgres@127.0.0.1:5432/test").unwrap(),
             DbBackend::Postgres

@@ -80,7 +80,10 @@ impl AppError {
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            ErrorItem::new("not_found", format!("No {what} by that name or id is visible to you.")),
+            ErrorItem::new(
+                "not_found",
+                format!("No {what} by that name or id is visible to you."),
+            ),
         )
     }
 
@@ -148,7 +151,11 @@ impl AppError {
                 None => tracing::error!(code = self.first_code(), "request failed"),
             }
         } else {
-            tracing::debug!(status = self.status.as_u16(), code = self.first_code(), "request refused");
+            tracing::debug!(
+                status = self.status.as_u16(),
+                code = self.first_code(),
+                "request refused"
+            );
         }
     }
 }
@@ -179,7 +186,13 @@ struct ErrorBody<'a> {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         self.log();
-        let mut response = (self.status, Json(ErrorBody { errors: &self.errors })).into_response();
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                errors: &self.errors,
+            }),
+        )
+            .into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -198,3 +211,12 @@ impl AppError {
         self
     }
 }
+
+/// Shows what the user would be told (never the logged cause).
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for AppError {}

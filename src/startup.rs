@@ -62,7 +62,9 @@ impl Application {
         let local = listener.local_addr()?;
         let base_url = match &config.base_url {
             Some(url) => url.clone(),
-            None => Url::parse(&format!("http://{local}")).context("base URL from the bound address")?,
+            None => {
+                Url::parse(&format!("http://{local}")).context("base URL from the bound address")?
+            }
         };
         let base_origin = base_url.origin().ascii_serialization();
         accounts::password::warm_up().await;
@@ -77,7 +79,9 @@ impl Application {
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn state(&self) -> &AppState {
@@ -85,7 +89,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let workers = spawn_workers(&self.state);
         let router = router(self.state.clone());
         tracing::info!(
@@ -108,8 +115,12 @@ impl Application {
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data directory {} (CERTDROP_DATA_DIR)", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (CERTDROP_DATA_DIR)",
+            dir.display()
+        )
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -127,7 +138,10 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         loop {
             tick.tick().await;
             if let Err(err) = sessions.delete_expired().await {
-                tracing::warn!(error = format!("{err:#}"), "could not delete expired sessions");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "could not delete expired sessions"
+                );
             }
             limiter.prune();
         }
@@ -141,7 +155,7 @@ pub fn router(state: AppState) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Strict)
         .with_secure(secure_cookie)
-        .with_expiry(Expiry::OnInactivity(time::Duration::hours(12)));
+        .with_expiry(Expiry::OnInactivity(accounts::extract::SESSION_IDLE));
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request| {
             let id = req
@@ -164,7 +178,10 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes::router())
         .fallback(fallback)
         .layer(sessions)
-        .layer(middleware::from_fn_with_state(state.clone(), web::origin_check))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            web::origin_check,
+        ))
         .layer(middleware::from_fn(web::security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
@@ -177,11 +194,18 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn home(viewer: Viewer) -> Response {
-    web::see_other(if viewer.user.is_some() { "/apps" } else { "/login" })
+    web::see_other(if viewer.user.is_some() {
+        "/apps"
+    } else {
+        "/login"
+    })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db).await {
+    match sqlx::query_scalar::<_, i64>("SELECT 1")
+        .fetch_one(&state.db)
+        .await
+    {
         Ok(_) => "ready".into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
@@ -228,4 +252,3 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down: finishing requests in flight");
 }
-

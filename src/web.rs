@@ -44,10 +44,13 @@ const FLASH_KEY: &str = "flash";
 impl Chrome {
     pub async fn new(session: &Session, user: Option<&User>) -> AppResult<Self> {
         let csrf = crate::accounts::csrf::token(session).await?;
-        let flash = session
-            .remove::<Flash>(FLASH_KEY)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+        let internal =
+            |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
+        // Remove only when present: a removal marks the session for saving, a write per page.
+        let flash = session.get::<Flash>(FLASH_KEY).await.map_err(internal)?;
+        if flash.is_some() {
+            session.remove::<Flash>(FLASH_KEY).await.map_err(internal)?;
+        }
         Ok(Self {
             user: user.map(|u| NavUser {
                 email: u.email.clone(),
@@ -158,8 +161,14 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -173,7 +182,10 @@ pub async fn origin_check(
     request: Request,
     next: Next,
 ) -> Result<Response, PageError> {
-    if !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+    if !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
         check_origin(request.headers(), &state.base_origin)?;
     }
     Ok(next.run(request).await)
@@ -192,7 +204,10 @@ fn check_origin(headers: &HeaderMap, base_origin: &str) -> AppResult<()> {
             ),
         )
     };
-    match headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")) {
+    match headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         Some(origin) if origin != base_origin => Err(refuse(origin)),
         Some(_) => Ok(()),
         None => match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -211,9 +226,18 @@ mod tests {
         let base = "http://127.0.0.1:8080";
         let mut headers = HeaderMap::new();
         assert!(check_origin(&headers, base).is_ok());
-        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert_eq!(check_origin(&headers, base).unwrap_err().first_code(), "cross_origin");
-        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert_eq!(
+            check_origin(&headers, base).unwrap_err().first_code(),
+            "cross_origin"
+        );
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
         assert!(check_origin(&headers, base).is_ok());
         let mut headers = HeaderMap::new();
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
@@ -292,7 +316,10 @@ pub fn format_time(unix: i64) -> String {
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 

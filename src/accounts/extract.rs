@@ -50,7 +50,22 @@ where
             Some(id) => store::find_user(&state.db, id).await?,
             None => None,
         };
+        if user.is_some() {
+            keep_alive(&session);
+        }
         Ok(Self { session, user })
+    }
+}
+
+/// Sessions expire after `SESSION_IDLE` without activity. Saving on every request would cost
+/// a write per page, so the expiry is pushed forward at most once every `SESSION_REFRESH`.
+pub const SESSION_IDLE: time::Duration = time::Duration::hours(12);
+const SESSION_REFRESH: time::Duration = time::Duration::hours(1);
+
+fn keep_alive(session: &Session) {
+    let remaining = session.expiry_date() - time::OffsetDateTime::now_utc();
+    if remaining < SESSION_IDLE - SESSION_REFRESH {
+        session.set_expiry(Some(tower_sessions::Expiry::OnInactivity(SESSION_IDLE)));
     }
 }
 

@@ -65,10 +65,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_only() {
-        let hash = hash(SecretString::from("correct horse battery")).await.unwrap();
+        let hash = hash(SecretString::from("correct horse battery"))
+            .await
+            .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify(Some(hash.clone()), "correct horse battery".into()).await.unwrap());
-        assert!(!verify(Some(hash), "wrong horse battery".into()).await.unwrap());
+        assert!(
+            verify(Some(hash.clone()), "correct horse battery".into())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify(Some(hash), "wrong horse battery".into())
+                .await
+                .unwrap()
+        );
         assert!(!verify(None, "anything at all".into()).await.unwrap());
     }
 }

@@ -45,7 +45,9 @@ impl LoginLimiter {
             AppError::rate_limited(wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0))
         };
         self.by_ip.check_key(&ip).map_err(wait)?;
-        self.by_account.check_key(&email.to_string()).map_err(wait)?;
+        self.by_account
+            .check_key(&email.to_string())
+            .map_err(wait)?;
         Ok(())
     }
 

@@ -36,7 +36,10 @@ pub fn router() -> Router<AppState> {
         .route("/account/tokens/{id}/revoke", post(revoke_token_page))
         .route("/admin/users", get(users_page))
         .route("/admin/users/{id}/role", post(change_role))
-        .route("/api/v1/tokens", post(create_token_api).get(list_tokens_api))
+        .route(
+            "/api/v1/tokens",
+            post(create_token_api).get(list_tokens_api),
+        )
         .route("/api/v1/tokens/{id}", delete(revoke_token_api))
 }
 
@@ -91,7 +94,8 @@ async fn authenticate(
 
 /// Starts a signed-in session under a new id (no fixation) with a new CSRF token.
 async fn start_session(session: &Session, user: &User) -> AppResult<()> {
-    let internal = |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
+    let internal =
+        |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
     session.cycle_id().await.map_err(internal)?;
     session.insert(USER_KEY, user.id).await.map_err(internal)?;
     csrf::renew(session).await?;
@@ -208,8 +212,11 @@ async fn signup(
         errors.push(ErrorItem::new("weak_password", m).on("password"));
     } else if form.password.expose_secret() != form.password_confirm.expose_secret() {
         errors.push(
-            ErrorItem::new("password_mismatch", "The two passwords differ; type the same one twice.")
-                .on("password_confirm"),
+            ErrorItem::new(
+                "password_mismatch",
+                "The two passwords differ; type the same one twice.",
+            )
+            .on("password_confirm"),
         );
     }
     let result = match (email, errors.is_empty()) {
@@ -225,7 +232,12 @@ async fn signup(
     match result {
         Ok(user) => {
             start_session(&viewer.session, &user).await?;
-            web::flash(&viewer.session, "ok", "Welcome to certdrop. Create your first app to begin.").await?;
+            web::flash(
+                &viewer.session,
+                "ok",
+                "Welcome to certdrop. Create your first app to begin.",
+            )
+            .await?;
             Ok(see_other("/apps"))
         }
         Err(mut err) if err.status.is_client_error() => {
@@ -248,7 +260,12 @@ async fn signup(
     }
 }
 
-async fn create_customer(state: &AppState, email: &str, pw: SecretString, ip: ClientIp) -> AppResult<User> {
+async fn create_customer(
+    state: &AppState,
+    email: &str,
+    pw: SecretString,
+    ip: ClientIp,
+) -> AppResult<User> {
     let hash = password::hash(pw).await?;
     let user = store::create_user(&state.db, email, &hash, Role::Customer).await?;
     audit::record(
@@ -288,14 +305,22 @@ fn token_name(raw: &str) -> AppResult<String> {
     let name = raw.trim();
     if name.is_empty() || name.chars().count() > 80 {
         return Err(AppError::unprocessable(
-            ErrorItem::new("invalid_name", "Name the token (1 to 80 characters), e.g. \"laptop CLI\".")
-                .on("name"),
+            ErrorItem::new(
+                "invalid_name",
+                "Name the token (1 to 80 characters), e.g. \"laptop CLI\".",
+            )
+            .on("name"),
         ));
     }
     Ok(name.to_string())
 }
 
-async fn issue_token(state: &AppState, user: &User, name: &str, ip: ClientIp) -> AppResult<(tokens::NewToken, store::ApiToken)> {
+async fn issue_token(
+    state: &AppState,
+    user: &User,
+    name: &str,
+    ip: ClientIp,
+) -> AppResult<(tokens::NewToken, store::ApiToken)> {
     let token = tokens::generate();
     let row = store::insert_token(&state.db, user.id, name, &token).await?;
     audit::record(
@@ -318,7 +343,11 @@ async fn create_token_page(
     let (new_token, errors, status) = match token_name(&form.name) {
         Ok(name) => {
             let (token, _) = issue_token(&state, &me.user, &name, ip).await?;
-            (Some(token.secret.expose_secret().to_string()), FormErrors::default(), StatusCode::CREATED)
+            (
+                Some(token.secret.expose_secret().to_string()),
+                FormErrors::default(),
+                StatusCode::CREATED,
+            )
         }
         Err(err) => (None, err.into(), StatusCode::UNPROCESSABLE_ENTITY),
     };
@@ -341,7 +370,12 @@ async fn revoke_token_page(
     CsrfForm(_): CsrfForm<csrf::NoFields>,
 ) -> PageResult {
     revoke(&state, &me.user, id, ip).await?;
-    web::flash(&me.session, "ok", "Token revoked. Anything using it must sign in again.").await?;
+    web::flash(
+        &me.session,
+        "ok",
+        "Token revoked. Anything using it must sign in again.",
+    )
+    .await?;
     Ok(see_other("/account/tokens"))
 }
 
@@ -349,7 +383,11 @@ async fn revoke(state: &AppState, user: &User, id: i64, ip: ClientIp) -> AppResu
     if !store::revoke_token(&state.db, user.id, id).await? {
         return Err(AppError::not_found("token"));
     }
-    audit::record(&state.db, Entry::new(Some(user), "token.revoked", "api_token", id).ip(ip.0)).await
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "token.revoked", "api_token", id).ip(ip.0),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -380,7 +418,10 @@ async fn create_token_api(
         .into_response())
 }
 
-async fn list_tokens_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppResult<Response> {
+async fn list_tokens_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+) -> AppResult<Response> {
     let items = store::list_tokens(&state.db, user.id).await?;
     Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
 }
@@ -409,9 +450,14 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
-async fn users_page(State(state): State<AppState>, me: SignedIn, Query(q): Query<CursorQuery>) -> PageResult {
+async fn users_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Query(q): Query<CursorQuery>,
+) -> PageResult {
     me.user.require_admin()?;
-    let (users, next_cursor) = store::list_users(&state.db, Page::new(q.cursor.as_deref(), None)?).await?;
+    let (users, next_cursor) =
+        store::list_users(&state.db, Page::new(q.cursor.as_deref(), None)?).await?;
     Ok(render(&UsersPage {
         chrome: me.chrome().await?,
         users,
@@ -433,8 +479,9 @@ async fn change_role(
     CsrfForm(form): CsrfForm<RoleForm>,
 ) -> PageResult {
     me.user.require_admin()?;
-    let role = Role::parse(&form.role)
-        .ok_or_else(|| AppError::bad_request("invalid_role", "A role is customer, staff or admin."))?;
+    let role = Role::parse(&form.role).ok_or_else(|| {
+        AppError::bad_request("invalid_role", "A role is customer, staff or admin.")
+    })?;
     if id == me.user.id {
         return Err(AppError::conflict(
             "own_role",
@@ -452,6 +499,11 @@ async fn change_role(
             .ip(ip.0),
     )
     .await?;
-    web::flash(&me.session, "ok", format!("Role changed to {}.", role.as_str())).await?;
+    web::flash(
+        &me.session,
+        "ok",
+        format!("Role changed to {}.", role.as_str()),
+    )
+    .await?;
     Ok(see_other("/admin/users"))
 }

@@ -13,7 +13,8 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     Ok(User {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
-        role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(format!("role {role}").into()))?,
+        role: Role::parse(&role)
+            .ok_or_else(|| sqlx::Error::Decode(format!("role {role}").into()))?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -78,7 +79,10 @@ pub async fn list_users(db: &Db, page: Page) -> AppResult<(Vec<User>, Option<Str
     .bind(page.fetch_limit())
     .fetch_all(db)
     .await?;
-    let users = rows.iter().map(user_from_row).collect::<Result<Vec<_>, _>>()?;
+    let users = rows
+        .iter()
+        .map(user_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(page.finish(users, |u| u.id))
 }
 
@@ -115,7 +119,12 @@ pub struct ApiToken {
     pub last_used_at: Option<i64>,
 }
 
-pub async fn insert_token(db: &Db, user_id: i64, name: &str, token: &NewToken) -> AppResult<ApiToken> {
+pub async fn insert_token(
+    db: &Db,
+    user_id: i64,
+    name: &str,
+    token: &NewToken,
+) -> AppResult<ApiToken> {
     let now = db::now();
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO api_tokens (user_id, name, token_hash, hint, created_at) \

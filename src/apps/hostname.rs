@@ -22,8 +22,11 @@ pub fn normalize(raw: &str) -> Result<String, String> {
             "A wildcard is allowed only as the whole first label, as in *.example.com.".into(),
         );
     }
-    let ascii = idna::domain_to_ascii_strict(rest)
-        .map_err(|_| format!("`{trimmed}` is not a valid hostname (check for spaces, underscores or stray symbols)."))?;
+    let ascii = idna::domain_to_ascii_strict(rest).map_err(|_| {
+        format!(
+            "`{trimmed}` is not a valid hostname (check for spaces, underscores or stray symbols)."
+        )
+    })?;
     if ascii.len() > 253 - if wildcard { 2 } else { 0 } {
         return Err("A hostname is at most 253 characters long.".into());
     }
@@ -51,7 +54,11 @@ pub fn normalize(raw: &str) -> Result<String, String> {
             "`{trimmed}` is an IP address; certdrop serves custom domain names only."
         ));
     }
-    Ok(if wildcard { format!("*.{ascii}") } else { ascii })
+    Ok(if wildcard {
+        format!("*.{ascii}")
+    } else {
+        ascii
+    })
 }
 
 /// True when a certificate name (possibly `*.x`) covers a hostname (possibly `*.x` itself).
@@ -78,15 +85,26 @@ mod tests {
     #[test]
     fn hostnames_are_lower_cased_and_idna_encoded() {
         assert_eq!(normalize(" WWW.Example.COM. ").unwrap(), "www.example.com");
-        assert_eq!(normalize("bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize("bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
         assert_eq!(normalize("*.Example.com").unwrap(), "*.example.com");
     }
 
     #[test]
     fn bad_hostnames_are_refused_with_a_reason() {
         for bad in [
-            "", "localhost", "www.*.example.com", "a*.example.com", "*.com", "-a.example.com",
-            "a_b.example.com", "https://example.com", "10.0.0.1", "exa mple.com",
+            "",
+            "localhost",
+            "www.*.example.com",
+            "a*.example.com",
+            "*.com",
+            "-a.example.com",
+            "a_b.example.com",
+            "https://example.com",
+            "10.0.0.1",
+            "exa mple.com",
         ] {
             assert!(normalize(bad).is_err(), "{bad} should be refused");
         }

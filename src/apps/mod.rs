@@ -63,7 +63,10 @@ mod tests {
 
     #[test]
     fn backends_are_http_urls_without_credentials() {
-        assert_eq!(validate_backend("http://10.0.0.5:8000/").unwrap(), "http://10.0.0.5:8000");
+        assert_eq!(
+            validate_backend("http://10.0.0.5:8000/").unwrap(),
+            "http://10.0.0.5:8000"
+        );
         assert!(validate_backend("https://backend.internal").is_ok());
         assert!(validate_backend("ftp://x").is_err());
         assert!(validate_backend("http://user:pw@x").is_err());

@@ -29,7 +29,10 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app}/domains", post(add_domain_page))
         .route("/apps/{app}/domains/remove", post(remove_domain_page))
         .route("/api/v1/apps", get(list_apps_api).post(create_app_api))
-        .route("/api/v1/apps/{app}", get(show_app_api).delete(delete_app_api))
+        .route(
+            "/api/v1/apps/{app}",
+            get(show_app_api).delete(delete_app_api),
+        )
         .route(
             "/api/v1/apps/{app}/domains",
             get(list_domains_api).post(add_domain_api),
@@ -42,7 +45,13 @@ pub fn router() -> Router<AppState> {
 
 // ---- the actions, shared by pages and API ----
 
-async fn create_app(state: &AppState, user: &User, ip: ClientIp, name: &str, backend: &str) -> AppResult<App> {
+async fn create_app(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    name: &str,
+    backend: &str,
+) -> AppResult<App> {
     let mut errors = Vec::new();
     let name = validate_name(name)
         .map_err(|m| errors.push(ErrorItem::new("invalid_app_name", m).on("name")))
@@ -69,31 +78,50 @@ async fn delete_app(state: &AppState, user: &User, ip: ClientIp, app: &App) -> A
     store::delete(&state.db, app).await?;
     audit::record(
         &state.db,
-        Entry::new(Some(user), "app.deleted", "app", &app.name).app(&app.name).ip(ip.0),
+        Entry::new(Some(user), "app.deleted", "app", &app.name)
+            .app(&app.name)
+            .ip(ip.0),
     )
     .await
 }
 
-async fn add_domain(state: &AppState, user: &User, ip: ClientIp, app: &App, raw: &str) -> AppResult<store::Domain> {
-    let host = hostname::normalize(raw)
-        .map_err(|m| AppError::unprocessable(ErrorItem::new("invalid_hostname", m).on("hostname")))?;
+async fn add_domain(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    app: &App,
+    raw: &str,
+) -> AppResult<store::Domain> {
+    let host = hostname::normalize(raw).map_err(|m| {
+        AppError::unprocessable(ErrorItem::new("invalid_hostname", m).on("hostname"))
+    })?;
     let domain = store::add_domain(&state.db, app, &host).await?;
     audit::record(
         &state.db,
-        Entry::new(Some(user), "domain.added", "domain", &host).app(&app.name).ip(ip.0),
+        Entry::new(Some(user), "domain.added", "domain", &host)
+            .app(&app.name)
+            .ip(ip.0),
     )
     .await?;
     Ok(domain)
 }
 
-async fn remove_domain(state: &AppState, user: &User, ip: ClientIp, app: &App, raw: &str) -> AppResult<()> {
+async fn remove_domain(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    app: &App,
+    raw: &str,
+) -> AppResult<()> {
     let host = hostname::normalize(raw).unwrap_or_else(|_| raw.trim().to_lowercase());
     if !store::remove_domain(&state.db, app, &host).await? {
         return Err(AppError::not_found("domain"));
     }
     audit::record(
         &state.db,
-        Entry::new(Some(user), "domain.removed", "domain", &host).app(&app.name).ip(ip.0),
+        Entry::new(Some(user), "domain.removed", "domain", &host)
+            .app(&app.name)
+            .ip(ip.0),
     )
     .await
 }
@@ -122,7 +150,11 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
-async fn apps_listing(state: &AppState, user: &User, cursor: Option<&str>) -> AppResult<(Vec<AppRow>, Option<String>)> {
+async fn apps_listing(
+    state: &AppState,
+    user: &User,
+    cursor: Option<&str>,
+) -> AppResult<(Vec<AppRow>, Option<String>)> {
     let (apps, next) = store::list_visible(&state.db, user, Page::new(cursor, None)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = store::domains_of(&state.db, &ids).await?;
@@ -140,7 +172,11 @@ async fn apps_listing(state: &AppState, user: &User, cursor: Option<&str>) -> Ap
     Ok((rows, next))
 }
 
-async fn apps_page(State(state): State<AppState>, me: SignedIn, Query(q): Query<CursorQuery>) -> PageResult {
+async fn apps_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Query(q): Query<CursorQuery>,
+) -> PageResult {
     let (apps, next_cursor) = apps_listing(&state, &me.user, q.cursor.as_deref()).await?;
     Ok(render(&AppsPage {
         chrome: me.chrome().await?,
@@ -167,7 +203,12 @@ async fn create_app_page(
 ) -> PageResult {
     match create_app(&state, &me.user, ip, &form.name, &form.backend_url).await {
         Ok(app) => {
-            web::flash(&me.session, "ok", format!("App {} created. Add its domains next.", app.name)).await?;
+            web::flash(
+                &me.session,
+                "ok",
+                format!("App {} created. Add its domains next.", app.name),
+            )
+            .await?;
             Ok(see_other(&format!("/apps/{}", app.name)))
         }
         Err(err) if err.status.is_client_error() => {
@@ -220,9 +261,21 @@ async fn render_app_page(
     )?)
 }
 
-async fn app_page(State(state): State<AppState>, me: SignedIn, Path(name): Path<String>) -> PageResult {
+async fn app_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(name): Path<String>,
+) -> PageResult {
     let app = store::find_visible(&state.db, &me.user, &name).await?;
-    render_app_page(&state, &me, app, StatusCode::OK, String::new(), FormErrors::default()).await
+    render_app_page(
+        &state,
+        &me,
+        app,
+        StatusCode::OK,
+        String::new(),
+        FormErrors::default(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -259,7 +312,12 @@ async fn remove_domain_page(
 ) -> PageResult {
     let app = store::find_visible(&state.db, &me.user, &name).await?;
     remove_domain(&state, &me.user, ip, &app, &form.hostname).await?;
-    web::flash(&me.session, "ok", format!("{} removed.", form.hostname.trim())).await?;
+    web::flash(
+        &me.session,
+        "ok",
+        format!("{} removed.", form.hostname.trim()),
+    )
+    .await?;
     Ok(see_other(&format!("/apps/{}", app.name)))
 }
 
@@ -327,7 +385,8 @@ async fn list_apps_api(
     ApiUser(user): ApiUser,
     Query(q): Query<ListQuery>,
 ) -> AppResult<Response> {
-    let (apps, next) = store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let (apps, next) =
+        store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = store::domains_of(&state.db, &ids).await?;
     let items: Vec<AppJson> = apps
@@ -367,7 +426,11 @@ async fn show_app_api(
 ) -> AppResult<Response> {
     let app = store::find_visible(&state.db, &user, &name).await?;
     let domains = store::domains(&state.db, &app).await?;
-    Ok(Json(AppJson::new(app, domains.into_iter().map(|d| d.hostname).collect())).into_response())
+    Ok(Json(AppJson::new(
+        app,
+        domains.into_iter().map(|d| d.hostname).collect(),
+    ))
+    .into_response())
 }
 
 async fn delete_app_api(
@@ -387,7 +450,11 @@ async fn list_domains_api(
     Path(name): Path<String>,
 ) -> AppResult<Response> {
     let app = store::find_visible(&state.db, &user, &name).await?;
-    let items: Vec<DomainJson> = store::domains(&state.db, &app).await?.into_iter().map(Into::into).collect();
+    let items: Vec<DomainJson> = store::domains(&state.db, &app)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
 }
 

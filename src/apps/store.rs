@@ -88,7 +88,11 @@ pub async fn find_visible(db: &Db, user: &User, name: &str) -> AppResult<App> {
 }
 
 /// The apps `user` may see, oldest first, one page at a time.
-pub async fn list_visible(db: &Db, user: &User, page: Page) -> AppResult<(Vec<App>, Option<String>)> {
+pub async fn list_visible(
+    db: &Db,
+    user: &User,
+    page: Page,
+) -> AppResult<(Vec<App>, Option<String>)> {
     let rows = sqlx::query(&format!(
         "SELECT {APP_COLUMNS} WHERE a.id > $1 AND ($2 = 1 OR a.owner_id = $3) ORDER BY a.id LIMIT $4"
     ))
@@ -98,7 +102,10 @@ pub async fn list_visible(db: &Db, user: &User, page: Page) -> AppResult<(Vec<Ap
     .bind(page.fetch_limit())
     .fetch_all(db)
     .await?;
-    let apps = rows.iter().map(app_from_row).collect::<Result<Vec<_>, _>>()?;
+    let apps = rows
+        .iter()
+        .map(app_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(page.finish(apps, |a| a.id))
 }
 
@@ -120,10 +127,11 @@ pub async fn set_force_https(db: &Db, app: &App, on: bool) -> AppResult<()> {
 }
 
 pub async fn domains(db: &Db, app: &App) -> AppResult<Vec<Domain>> {
-    let rows = sqlx::query("SELECT id, hostname, created_at FROM domains WHERE app_id = $1 ORDER BY id")
-        .bind(app.id)
-        .fetch_all(db)
-        .await?;
+    let rows =
+        sqlx::query("SELECT id, hostname, created_at FROM domains WHERE app_id = $1 ORDER BY id")
+            .bind(app.id)
+            .fetch_all(db)
+            .await?;
     rows.iter()
         .map(|row| {
             Ok(Domain {
@@ -174,10 +182,11 @@ pub async fn add_domain(db: &Db, app: &App, hostname: &str) -> AppResult<Domain>
             created_at: now,
         }),
         Err(e) if db::is_unique_violation(&e) => {
-            let owner: Option<i64> = sqlx::query_scalar("SELECT app_id FROM domains WHERE hostname = $1")
-                .bind(hostname)
-                .fetch_optional(db)
-                .await?;
+            let owner: Option<i64> =
+                sqlx::query_scalar("SELECT app_id FROM domains WHERE hostname = $1")
+                    .bind(hostname)
+                    .fetch_optional(db)
+                    .await?;
             Err(if owner == Some(app.id) {
                 AppError::conflict("domain_exists", format!("{hostname} is already a domain of this app."))
             } else {

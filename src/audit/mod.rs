@@ -118,8 +118,16 @@ fn some(s: &Option<String>) -> Option<&str> {
 }
 
 /// Newest first; the cursor is the last id seen.
-pub async fn list(db: &Db, filter: &Filter, page: Page) -> AppResult<(Vec<AuditEvent>, Option<String>)> {
-    let before = if page.after == 0 { i64::MAX } else { page.after };
+pub async fn list(
+    db: &Db,
+    filter: &Filter,
+    page: Page,
+) -> AppResult<(Vec<AuditEvent>, Option<String>)> {
+    let before = if page.after == 0 {
+        i64::MAX
+    } else {
+        page.after
+    };
     let rows = sqlx::query(
         "SELECT id, occurred_at, actor_email, action, object_type, object_id, app, outcome, detail, source_ip \
          FROM audit_events WHERE id < $1 \

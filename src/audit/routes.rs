@@ -53,9 +53,18 @@ struct AuditQuery {
     cursor: Option<String>,
 }
 
-async fn audit_page(State(state): State<AppState>, me: SignedIn, Query(q): Query<AuditQuery>) -> PageResult {
+async fn audit_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Query(q): Query<AuditQuery>,
+) -> PageResult {
     me.user.require_admin()?;
-    let (events, next_cursor) = list(&state.db, &q.filter, Page::new(q.cursor.as_deref(), Some(100))?).await?;
+    let (events, next_cursor) = list(
+        &state.db,
+        &q.filter,
+        Page::new(q.cursor.as_deref(), Some(100))?,
+    )
+    .await?;
     Ok(render(&AuditPage {
         chrome: me.chrome().await?,
         filter: q.filter,

@@ -114,7 +114,8 @@ impl Client {
             if body.is_empty() || status == StatusCode::NO_CONTENT {
                 return Ok(Value::Null);
             }
-            return serde_json::from_slice(&body).context("the server sent a response that is not JSON");
+            return serde_json::from_slice(&body)
+                .context("the server sent a response that is not JSON");
         }
         let messages = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -145,7 +146,8 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.send(self.request(Method::POST, path).json(&body)).await
+        self.send(self.request(Method::POST, path).json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
@@ -186,7 +188,11 @@ fn prompt(label: &str) -> anyhow::Result<String> {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Login { url, email, password_stdin } => login(url, email, password_stdin).await,
+        Command::Login {
+            url,
+            email,
+            password_stdin,
+        } => login(url, email, password_stdin).await,
         Command::Apps { json } => {
             let items = Client::configured()?.list_all("/api/v1/apps").await?;
             if json {
@@ -201,12 +207,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     output::s(&app["owner"]),
                 ]);
             }
-            table.print_or("No apps yet. Create one with `certdrop apps:create NAME --backend URL`.");
+            table.print_or(
+                "No apps yet. Create one with `certdrop apps:create NAME --backend URL`.",
+            );
             Ok(())
         }
-        Command::AppsCreate { name, backend, json } => {
+        Command::AppsCreate {
+            name,
+            backend,
+            json,
+        } => {
             let app = Client::configured()?
-                .post("/api/v1/apps", json!({"name": name, "backend_url": backend}))
+                .post(
+                    "/api/v1/apps",
+                    json!({"name": name, "backend_url": backend}),
+                )
                 .await?;
             if json {
                 return print_json(&app);
@@ -223,7 +238,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if confirm != name {
                 bail!("to delete {name}, repeat its name: --confirm {name}");
             }
-            Client::configured()?.delete(&format!("/api/v1/apps/{}", urlencode(&name))).await?;
+            Client::configured()?
+                .delete(&format!("/api/v1/apps/{}", urlencode(&name)))
+                .await?;
             println!("Deleted {name}.");
             Ok(())
         }
@@ -238,28 +255,43 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             for d in &items {
                 table.row(vec![output::s(&d["hostname"]), output::s(&d["created_at"])]);
             }
-            table.print_or(&format!("No domains yet. Add one with `certdrop domains:add HOST --app {app}`."));
+            table.print_or(&format!(
+                "No domains yet. Add one with `certdrop domains:add HOST --app {app}`."
+            ));
             Ok(())
         }
         Command::DomainsAdd { hostname, app } => {
             let d = Client::configured()?
-                .post(&format!("/api/v1/apps/{}/domains", urlencode(&app)), json!({"hostname": hostname}))
+                .post(
+                    &format!("/api/v1/apps/{}/domains", urlencode(&app)),
+                    json!({"hostname": hostname}),
+                )
                 .await?;
             println!("Added {} to {app}.", output::s(&d["hostname"]));
             Ok(())
         }
         Command::DomainsRemove { hostname, app } => {
             Client::configured()?
-                .delete(&format!("/api/v1/apps/{}/domains/{}", urlencode(&app), urlencode(&hostname)))
+                .delete(&format!(
+                    "/api/v1/apps/{}/domains/{}",
+                    urlencode(&app),
+                    urlencode(&hostname)
+                ))
                 .await?;
             println!("Removed {hostname} from {app}.");
             Ok(())
         }
-        Command::Serve | Command::UsersCreate { .. } => unreachable!("server verbs are dispatched in cli"),
+        Command::Serve | Command::UsersCreate { .. } => {
+            unreachable!("server verbs are dispatched in cli")
+        }
     }
 }
 
-async fn login(url: Option<String>, email: Option<String>, password_stdin: bool) -> anyhow::Result<()> {
+async fn login(
+    url: Option<String>,
+    email: Option<String>,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
     let url = url
         .or_else(|| std::env::var("CERTDROP_URL").ok())
         .or_else(|| load_credentials().map(|c| c.url))
@@ -271,7 +303,9 @@ async fn login(url: Option<String>, email: Option<String>, password_stdin: bool)
     let password = if password_stdin {
         read_stdin_secret()?
     } else {
-        SecretString::from(rpassword::prompt_password("Password: ").context("reading the password")?)
+        SecretString::from(
+            rpassword::prompt_password("Password: ").context("reading the password")?,
+        )
     };
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
     let client = Client::new(&url, None)?;
@@ -287,6 +321,10 @@ async fn login(url: Option<String>, email: Option<String>, password_stdin: bool)
         email: output::s(&resp["email"]),
         token: token.to_string(),
     })?;
-    println!("Signed in to {url} as {}. Token saved to {}.", output::s(&resp["email"]), path.display());
+    println!(
+        "Signed in to {url} as {}. Token saved to {}.",
+        output::s(&resp["email"]),
+        path.display()
+    );
     Ok(())
 }

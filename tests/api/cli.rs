@@ -1,0 +1,105 @@
+//! The `certdrop` binary as a user runs it: server verbs on the database, client verbs over HTTP.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::{common::TestApp, db_test};
+
+fn certdrop(
+    app: &TestApp,
+    config_dir: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certdrop"));
+    cmd.args(args)
+        .envs(app.server_env())
+        .env("CERTDROP_URL", &app.address)
+        .env("CERTDROP_CONFIG_DIR", config_dir)
+        .env_remove("CERTDROP_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+db_test! {
+    async fn the_cli_creates_a_user_logs_in_and_manages_apps_and_domains(app) {
+        let config = tempfile::tempdir().unwrap();
+        let dir = config.path();
+        let (ok, out, err) = certdrop(&app, dir, &["users:create", "--email", "ann@example.com", "--role", "customer"], None);
+        assert!(ok, "{err}");
+        let password = out.lines().find_map(|l| l.split(": ").nth(1)).unwrap().trim().to_string();
+        assert!(password.len() >= 12);
+        let (ok, _, err) = certdrop(&app, dir, &["users:create", "--email", "ann@example.com", "--role", "customer"], None);
+        assert!(!ok && err.contains("already exists"), "{err}");
+
+        let (ok, out, err) = certdrop(&app, dir, &["login", "--email", "ann@example.com", "--password-stdin"], Some(&format!("{password}\n")));
+        assert!(ok, "{err}");
+        assert!(out.contains("Signed in"));
+        assert!(!out.contains("cdp_"), "the token is not printed");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("credentials.json")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the credentials file is private");
+        }
+
+        let (ok, out, err) = certdrop(&app, dir, &["apps:create", "shop", "--backend", "http://10.0.0.5:8000"], None);
+        assert!(ok, "{err}");
+        assert!(out.contains("Created shop"));
+        let (ok, _, err) = certdrop(&app, dir, &["domains:add", "www.example.com", "--app", "shop"], None);
+        assert!(ok, "{err}");
+        let (ok, out, _) = certdrop(&app, dir, &["apps", "--json"], None);
+        assert!(ok);
+        let apps: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(apps[0]["domains"][0], "www.example.com");
+        let (ok, out, _) = certdrop(&app, dir, &["domains", "--app", "shop"], None);
+        assert!(ok && out.contains("www.example.com") && out.contains("Domain"));
+        let (ok, _, err) = certdrop(&app, dir, &["domains:add", "bad host", "--app", "shop"], None);
+        assert!(!ok && err.contains("invalid_hostname"), "{err}");
+        let (ok, _, _) = certdrop(&app, dir, &["domains:remove", "www.example.com", "--app", "shop"], None);
+        assert!(ok);
+        let (ok, out, _) = certdrop(&app, dir, &["domains", "--app", "shop"], None);
+        assert!(ok && out.contains("No domains yet"));
+    }
+}
+
+#[test]
+fn serve_refuses_a_bad_database_url_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_certdrop"))
+        .arg("serve")
+        .env("CERTDROP_DATA_DIR", dir.path())
+        .env("CERTDROP_DATABASE_URL", "mysql://root@localhost/x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CERTDROP_DATABASE_URL: unsupported scheme `mysql`"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_certdrop"))
+        .arg("serve")
+        .env("CERTDROP_DATA_DIR", dir.path())
+        .env("CERTDROP_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CERTDROP_LISTEN"));
+}

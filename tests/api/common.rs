@@ -1,0 +1,417 @@
+//! The test harness: the real server on port 0, on a fresh database per test (a temporary
+//! SQLite file, or a new PostgreSQL database dropped at the end), and clients that act like a
+//! browser (cookies, CSRF tokens) or like the CLI (a bearer token).
+
+use std::sync::Arc;
+
+use certdrop::{
+    accounts::{Role, password, store},
+    config::Config,
+    db::Db,
+    startup::Application,
+};
+use reqwest::{StatusCode, cookie::Jar, redirect::Policy};
+use secrecy::SecretString;
+use serde_json::Value;
+use tempfile::TempDir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body once on SQLite and once on PostgreSQL (when CERTDROP_TEST_POSTGRES_URL is set).
+#[macro_export]
+macro_rules! db_test {
+    ($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $app = $crate::common::TestApp::spawn($crate::common::Backend::Sqlite)
+                    .await
+                    .expect("SQLite is always available");
+                $body
+            }
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some($app) = $crate::common::TestApp::spawn($crate::common::Backend::Postgres).await else {
+                    return;
+                };
+                $body
+            }
+        }
+    };
+}
+
+/// Whether an outside program a test needs may be missing (fresh machine) or must be present (CI).
+pub fn require_or_skip(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} is required under CI=true (.ci/run installs it)");
+    }
+    eprintln!("skipping: {what} is not available on this machine");
+    false
+}
+
+/// A PostgreSQL database made for one test, dropped when the test ends.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                sqlx::any::install_default_drivers();
+                if let Ok(mut conn) =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn create_pg_database() -> Option<(String, PgDatabase)> {
+    let admin_url = match std::env::var("CERTDROP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            require_or_skip("PostgreSQL (CERTDROP_TEST_POSTGRES_URL)", false);
+            return None;
+        }
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("certdrop_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .expect("connect to CERTDROP_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let mut url = url::Url::parse(&admin_url).expect("CERTDROP_TEST_POSTGRES_URL is a URL");
+    url.set_path(&name);
+    Some((url.to_string(), PgDatabase { admin_url, name }))
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: Db,
+    pub data_dir: TempDir,
+    pub database_url: String,
+    _pg: Option<PgDatabase>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with a configuration adjusted by `tweak` (e.g. an SMTP URL).
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_data_dir(data_dir.path()).expect("default config");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let (url, db) = create_pg_database().await?;
+                config.database_url = SecretString::from(url);
+                config.db_backend = certdrop::config::DbBackend::Postgres;
+                Some(db)
+            }
+        };
+        tweak(&mut config);
+        let database_url = config.database_url().to_string();
+        let app = Application::build(config)
+            .await
+            .expect("build the application");
+        let address = format!("http://{}", app.address());
+        let db = app.state().db.clone();
+        let server = tokio::spawn(async move {
+            app.run_until(std::future::pending())
+                .await
+                .expect("server runs");
+        });
+        Some(Self {
+            address,
+            db,
+            data_dir,
+            database_url,
+            _pg: pg,
+            _server: server,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// The environment a `certdrop` server verb needs to act on this app's database.
+    pub fn server_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "CERTDROP_DATA_DIR",
+                self.data_dir.path().display().to_string(),
+            ),
+            ("CERTDROP_DATABASE_URL", self.database_url.clone()),
+        ]
+    }
+
+    /// Creates a user directly in the database; returns the password.
+    pub async fn user(&self, email: &str, role: Role) -> String {
+        let pw = format!("pw-{}-long-enough", uuid::Uuid::new_v4().simple());
+        let hash = password::hash(SecretString::from(pw.clone()))
+            .await
+            .unwrap();
+        store::create_user(&self.db, email, &hash, role)
+            .await
+            .unwrap();
+        pw
+    }
+
+    /// A user with an API client signed in as them.
+    pub async fn api_user(&self, email: &str, role: Role) -> Api {
+        let pw = self.user(email, role).await;
+        let resp = self
+            .api_anonymous()
+            .post(
+                "/api/v1/tokens",
+                serde_json::json!({"email": email, "password": pw}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        Api {
+            base: self.address.clone(),
+            token: Some(resp.json["token"].as_str().unwrap().to_string()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn api_anonymous(&self) -> Api {
+        Api {
+            base: self.address.clone(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn browser(&self) -> Browser {
+        let jar = Arc::new(Jar::default());
+        Browser {
+            base: self.address.clone(),
+            http: reqwest::Client::builder()
+                .cookie_provider(jar.clone())
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            jar,
+        }
+    }
+
+    /// A browser signed in as a new user of `role`.
+    pub async fn signed_in_browser(&self, email: &str, role: Role) -> Browser {
+        let pw = self.user(email, role).await;
+        let browser = self.browser();
+        let resp = browser.log_in(email, &pw).await;
+        assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+        browser
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+    pub json: Value,
+}
+
+impl Resp {
+    async fn read(resp: reqwest::Response) -> Self {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap();
+        let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+            json,
+        }
+    }
+
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The first error code of an API error body.
+    pub fn code(&self) -> &str {
+        self.json["errors"][0]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// A JSON API client, optionally with a bearer token.
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        Resp::read(self.req(reqwest::Method::GET, path).send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        Resp::read(
+            self.req(reqwest::Method::POST, path)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        Resp::read(
+            self.req(reqwest::Method::DELETE, path)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn create_app(&self, name: &str, domains: &[&str]) {
+        let resp = self
+            .post(
+                "/api/v1/apps",
+                serde_json::json!({"name": name, "backend_url": "http://127.0.0.1:9"}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        for d in domains {
+            let resp = self
+                .post(
+                    &format!("/api/v1/apps/{name}/domains"),
+                    serde_json::json!({"hostname": d}),
+                )
+                .await;
+            assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        }
+    }
+}
+
+/// Acts like a browser: keeps cookies, does not follow redirects, reads CSRF tokens from forms.
+pub struct Browser {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub jar: Arc<Jar>,
+}
+
+impl Browser {
+    pub async fn get(&self, path: &str) -> Resp {
+        Resp::read(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The CSRF token in the forms of a page.
+    pub async fn csrf(&self, path: &str) -> String {
+        let page = self.get(path).await;
+        csrf_in(&page.body).unwrap_or_else(|| panic!("no CSRF token on {path}: {}", page.body))
+    }
+
+    /// Posts a form as is (add `csrf_token` yourself, or leave it out to test the refusal).
+    pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        Resp::read(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("origin", &self.base)
+                .form(fields)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Posts a form with the CSRF token of the page at `form_page`.
+    pub async fn submit(&self, form_page: &str, action: &str, fields: &[(&str, &str)]) -> Resp {
+        let token = self.csrf(form_page).await;
+        let mut all = vec![("csrf_token", token.as_str())];
+        all.extend_from_slice(fields);
+        self.post_form(action, &all).await
+    }
+
+    pub async fn log_in(&self, email: &str, password: &str) -> Resp {
+        self.submit(
+            "/login",
+            "/login",
+            &[("email", email), ("password", password)],
+        )
+        .await
+    }
+
+    pub fn session_cookie(&self) -> Option<String> {
+        use reqwest::cookie::CookieStore;
+        let url = self.base.parse().unwrap();
+        let cookies = self.jar.cookies(&url)?;
+        cookies
+            .to_str()
+            .ok()?
+            .split("; ")
+            .find_map(|c| c.strip_prefix("certdrop_session=").map(str::to_string))
+    }
+}
+
+pub fn csrf_in(html: &str) -> Option<String> {
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = html.find(marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].to_string())
+}

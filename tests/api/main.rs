@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, each test on SQLite and on PostgreSQL.
+
+mod common;
+
+mod accounts;
+mod apps;
+mod cli;
+mod health;
