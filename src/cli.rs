@@ -43,6 +43,9 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Reseal every stored key to a new vault identity, then retire the old one (server side).
+    #[command(name = "vault:rotate")]
+    VaultRotate,
     /// Sign in to a certdrop server and remember an API token for the other verbs.
     Login {
         /// The server (default: $CERTDROP_URL, the saved one, or http://127.0.0.1:8080).
@@ -96,6 +99,36 @@ pub enum Command {
         #[arg(long)]
         app: String,
     },
+    /// List an app's certificates.
+    Certs {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a certificate, its chain and key: CRT [CHAIN...] KEY.
+    #[command(name = "certs:add")]
+    CertsAdd {
+        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        files: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        app: String,
+        /// Keep the chain exactly as given (no reordering or stripping).
+        #[arg(long)]
+        bypass: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a certificate's details (the newest one, or --id).
+    #[command(name = "certs:info")]
+    CertsInfo {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -140,6 +173,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             init_logging("warn");
             users_create(&email, &role, password_stdin).await
+        }
+        Command::VaultRotate => {
+            init_logging("warn");
+            vault_rotate().await
         }
         other => {
             init_logging("warn");
@@ -192,5 +229,24 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
             secret.expose_secret()
         );
     }
+    Ok(())
+}
+
+async fn vault_rotate() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let db = db::connect(&config).await?;
+    // Opening the vault first finishes a swap an earlier rotation left half done.
+    let vault = crate::vault::Vault::open_or_create(&config.vault_identity)?;
+    let rotation = crate::vault::rotate::rotate(&db, vault.paths()).await?;
+    audit::record(
+        &db,
+        Entry::new(None, "vault.rotated", "vault", &rotation.recipient)
+            .detail(serde_json::json!({"resealed": rotation.resealed, "via": "cli"})),
+    )
+    .await?;
+    println!(
+        "Resealed {} key(s) to the new vault identity {}; the old identity is retired.",
+        rotation.resealed, rotation.recipient
+    );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! certdrop: takes a customer's TLS key, certificate and chain safely to a pair of edge servers.
-#![doc = "See README.md for the architecture and PRODUCT.md for the public surface."]
+//! See README.md for the architecture and PRODUCT.md for the public surface.
 
 /// Users, roles, passwords, sessions, CSRF, login rate limits and API tokens.
 pub mod accounts;
@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod apps;
 /// The append-only audit trail.
 pub mod audit;
+/// Certificate intake: PEM, X.509 inspection, chain building, trust, the report and its codes.
+pub mod certs;
 /// The clap command tree: server verbs and client verbs.
 pub mod cli;
 /// The HTTP client behind the CLI's client verbs.
@@ -19,5 +21,7 @@ pub mod db;
 pub mod error;
 /// State, router, serving and shutdown.
 pub mod startup;
+/// The sealed vault: the only road from a plaintext key to storage.
+pub mod vault;
 /// Layout context, rendering, security headers, the Origin check.
 pub mod web;

@@ -25,9 +25,11 @@ use url::Url;
 use crate::{
     accounts::{self, Viewer, ratelimit::LoginLimiter, session_store::DbSessionStore},
     apps, audit,
+    certs::{self, trust::TrustStore},
     config::Config,
     db::{self, Db},
     error::AppError,
+    vault::Vault,
     web::{self, PageError},
 };
 
@@ -41,6 +43,8 @@ pub struct AppState {
     /// `scheme://host[:port]` of `base_url`, as browsers send it in `Origin`.
     pub base_origin: String,
     pub login_limiter: Arc<LoginLimiter>,
+    pub vault: Arc<Vault>,
+    pub trust: Arc<TrustStore>,
 }
 
 pub struct Application {
@@ -55,6 +59,8 @@ impl Application {
     /// Prepares the data directory and database and binds the listener; nothing is served yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         create_private_dir(&config.data_dir)?;
+        let vault = Vault::open_or_create(&config.vault_identity)?;
+        let trust = TrustStore::load(config.extra_trust_roots.as_deref())?;
         let db = db::connect(&config).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -74,6 +80,8 @@ impl Application {
             base_url,
             base_origin,
             login_limiter: Arc::new(LoginLimiter::new()),
+            vault: Arc::new(vault),
+            trust: Arc::new(trust),
         };
         Ok(Self { listener, state })
     }
@@ -176,6 +184,7 @@ pub fn router(state: AppState) -> Router {
         .merge(accounts::routes::router())
         .merge(apps::routes::router())
         .merge(audit::routes::router())
+        .merge(certs::routes::router())
         .fallback(fallback)
         .layer(sessions)
         .layer(middleware::from_fn_with_state(

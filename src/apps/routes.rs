@@ -236,6 +236,7 @@ struct AppPage {
     chrome: Chrome,
     app: App,
     domains: Vec<store::Domain>,
+    certs: Vec<crate::certs::store::Certificate>,
     hostname: String,
     errors: FormErrors,
 }
@@ -249,12 +250,15 @@ async fn render_app_page(
     errors: FormErrors,
 ) -> PageResult {
     let domains = store::domains(&state.db, &app).await?;
+    let (certs, _) =
+        crate::certs::store::list_for_app(&state.db, &app, Page::new(None, None)?).await?;
     Ok(render_status(
         status,
         &AppPage {
             chrome: me.chrome().await?,
             app,
             domains,
+            certs,
             hostname,
             errors,
         },
@@ -276,6 +280,12 @@ async fn app_page(
         FormErrors::default(),
     )
     .await
+}
+
+impl AppPage {
+    fn status(&self, cert: &crate::certs::store::Certificate) -> &'static str {
+        crate::certs::routes::status_of(cert)
+    }
 }
 
 #[derive(Deserialize)]

@@ -94,7 +94,7 @@ impl Client {
         Self::new(&url, token)
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token.expose_secret());
@@ -281,10 +281,108 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("Removed {hostname} from {app}.");
             Ok(())
         }
-        Command::Serve | Command::UsersCreate { .. } => {
+        Command::Certs { app, json } => {
+            let items = Client::configured()?
+                .list_all(&format!("/api/v1/apps/{}/certs", urlencode(&app)))
+                .await?;
+            if json {
+                return print_json(&items);
+            }
+            let mut table = Table::new(&[
+                "ID",
+                "Common Name",
+                "Domains",
+                "Expires",
+                "Trusted",
+                "Status",
+            ]);
+            for c in &items {
+                table.row(vec![
+                    output::s(&c["id"]),
+                    output::s(&c["common_name"]),
+                    output::list(&c["sans"]),
+                    output::s(&c["not_after"]).chars().take(10).collect(),
+                    output::yes_no(&c["trusted"]),
+                    output::s(&c["status"]),
+                ]);
+            }
+            table.print_or(&format!(
+                "No certificates yet. Upload one with `certdrop certs:add CRT [CHAIN...] KEY --app {app}`."
+            ));
+            Ok(())
+        }
+        Command::CertsAdd {
+            files,
+            app,
+            bypass,
+            json,
+        } => {
+            let report = upload(&Client::configured()?, &app, &files, bypass).await?;
+            if json {
+                return print_json(&report);
+            }
+            output::print_report(&report);
+            Ok(())
+        }
+        Command::CertsInfo { app, id, json } => {
+            let client = Client::configured()?;
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let page = client
+                        .get(&format!("/api/v1/apps/{}/certs?limit=1", urlencode(&app)))
+                        .await?;
+                    page["items"][0]["id"]
+                        .as_i64()
+                        .with_context(|| format!("{app} has no certificate yet"))?
+                }
+            };
+            let cert = client.get(&format!("/api/v1/certs/{id}")).await?;
+            if json {
+                return print_json(&cert);
+            }
+            output::print_report(&cert);
+            Ok(())
+        }
+        Command::Serve | Command::UsersCreate { .. } | Command::VaultRotate => {
             unreachable!("server verbs are dispatched in cli")
         }
     }
+}
+
+/// Uploads CRT [CHAIN...] KEY as the multipart form of `POST /api/v1/apps/{app}/certs`.
+pub async fn upload(
+    client: &Client,
+    app: &str,
+    files: &[PathBuf],
+    bypass: bool,
+) -> anyhow::Result<Value> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let (cert, rest) = files
+        .split_first()
+        .context("give the certificate file first")?;
+    let (key, chain) = rest.split_last().context("give the key file last")?;
+    let mut form = reqwest::multipart::Form::new()
+        .part("certificate", reqwest::multipart::Part::bytes(read(cert)?))
+        .part("private_key", reqwest::multipart::Part::bytes(read(key)?));
+    for path in chain {
+        form = form.part("chain", reqwest::multipart::Part::bytes(read(path)?));
+    }
+    if bypass {
+        form = form.text("bypass", "true");
+    }
+    client
+        .send(
+            client
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/apps/{}/certs", urlencode(app)),
+                )
+                .multipart(form),
+        )
+        .await
 }
 
 async fn login(

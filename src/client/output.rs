@@ -79,3 +79,40 @@ impl Table {
         }
     }
 }
+
+/// A certificate report, like `heroku certs:info`.
+pub fn print_report(cert: &Value) {
+    let field = |label: &str, value: String| println!("{label:<22}{value}");
+    field("Certificate ID:", s(&cert["id"]));
+    field("Common Name:", s(&cert["common_name"]));
+    field("Domains (SANs):", list(&cert["sans"]));
+    field("Covers app domains:", list(&cert["domains_covered"]));
+    field("Issuer:", s(&cert["issuer"]));
+    field("Starts At:", s(&cert["not_before"]));
+    field("Expires At:", s(&cert["not_after"]));
+    field("Key Type:", s(&cert["key_type"]));
+    field("Fingerprint (SHA-256):", s(&cert["fingerprint_sha256"]));
+    field("Trusted:", yes_no(&cert["trusted"]));
+    field("Chain Length:", s(&cert["chain_len"]));
+    field("Status:", s(&cert["status"]));
+    if let Some(chain) = cert["chain"].as_array() {
+        println!("Served chain:");
+        for (i, c) in chain.iter().enumerate() {
+            println!(
+                "  {i}. {} (expires {})",
+                s(&c["subject"]),
+                s(&c["not_after"])
+            );
+        }
+    }
+    if let Some(warnings) = cert["warnings"].as_array().filter(|w| !w.is_empty()) {
+        println!("Warnings:");
+        for w in warnings {
+            println!("  {}: {}", s(&w["code"]), s(&w["message"]));
+        }
+    }
+}
+
+pub fn yes_no(v: &Value) -> String {
+    if v == true { "True" } else { "False" }.to_string()
+}

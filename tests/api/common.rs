@@ -415,3 +415,73 @@ pub fn csrf_in(html: &str) -> Option<String> {
     let end = html[start..].find('"')? + start;
     Some(html[start..end].to_string())
 }
+
+/// A multipart upload of certificate, key and chain (any may be empty).
+pub fn upload_form(
+    certificate: &[u8],
+    private_key: &[u8],
+    chain: &[u8],
+    bypass: bool,
+) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new()
+        .part(
+            "certificate",
+            reqwest::multipart::Part::bytes(certificate.to_vec()).file_name("certificate.pem"),
+        )
+        .part(
+            "private_key",
+            reqwest::multipart::Part::bytes(private_key.to_vec()).file_name("key.pem"),
+        );
+    if !chain.is_empty() {
+        form = form.part(
+            "chain",
+            reqwest::multipart::Part::bytes(chain.to_vec()).file_name("chain.pem"),
+        );
+    }
+    if bypass {
+        form = form.text("bypass", "true");
+    }
+    form
+}
+
+impl Api {
+    pub async fn multipart(&self, path: &str, form: reqwest::multipart::Form) -> Resp {
+        Resp::read(
+            self.req(reqwest::Method::POST, path)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn upload(
+        &self,
+        app: &str,
+        certificate: &[u8],
+        private_key: &[u8],
+        chain: &[u8],
+    ) -> Resp {
+        self.multipart(
+            &format!("/api/v1/apps/{app}/certs"),
+            upload_form(certificate, private_key, chain, false),
+        )
+        .await
+    }
+}
+
+impl Resp {
+    /// Every error or warning code of a body.
+    pub fn codes(&self, key: &str) -> Vec<String> {
+        self.json[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|e| e["code"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

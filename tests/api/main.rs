@@ -4,5 +4,7 @@ mod common;
 
 mod accounts;
 mod apps;
+mod certs;
 mod cli;
 mod health;
+mod pki;

@@ -1,0 +1,364 @@
+//! The upload (browser form and `POST /api/v1/apps/{app}/certs`), certificate listings and the
+//! info page. Uploaded bytes live in zeroizing buffers; checking and sealing run off the async
+//! runtime; a refusal stores nothing but its audit entry.
+
+use askama::Template;
+use axum::{
+    Json, Router,
+    extract::{Multipart, Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::{
+    codes::{self, MAX_UPLOAD_BYTES},
+    intake::{self, ChainEntry, Upload},
+    store::{self, Certificate},
+    x509::CertInfo,
+};
+use crate::{
+    accounts::{ApiUser, SignedIn, User, csrf, extract::ClientIp},
+    apps::{self, store::App},
+    audit::{self, Entry},
+    db::{self, Page},
+    error::{AppError, AppResult, ErrorItem},
+    startup::AppState,
+    web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/apps/{app}/certs/new", get(upload_page))
+        .route("/apps/{app}/certs", post(upload_form))
+        .route("/certs/{id}", get(cert_page))
+        .route("/api/v1/apps/{app}/certs", get(list_api).post(upload_api))
+        .route("/api/v1/certs/{id}", get(show_api))
+}
+
+/// The fields of an upload, read into memory that is wiped when dropped.
+#[derive(Default)]
+struct UploadForm {
+    certificate: Zeroizing<Vec<u8>>,
+    private_key: Zeroizing<Vec<u8>>,
+    chain: Zeroizing<Vec<u8>>,
+    bypass: bool,
+    csrf_token: Option<String>,
+}
+
+fn too_large() -> AppError {
+    AppError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorItem::new(
+            codes::TOO_LARGE,
+            "The upload is larger than 1 MiB. A certificate, key and chain take a few kilobytes: upload only those PEM files.",
+        ),
+    )
+}
+
+async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            AppError::bad_request(
+                "bad_upload",
+                "The upload could not be read; send it as multipart/form-data.",
+            )
+        }
+    };
+    let mut form = UploadForm::default();
+    let mut total = 0usize;
+    while let Some(mut field) = multipart.next_field().await.map_err(unreadable)? {
+        let name = field.name().unwrap_or("").to_string();
+        let mut value = Zeroizing::new(Vec::new());
+        while let Some(chunk) = field.chunk().await.map_err(unreadable)? {
+            total += chunk.len();
+            if total > MAX_UPLOAD_BYTES {
+                return Err(too_large());
+            }
+            value.extend_from_slice(&chunk);
+        }
+        let target = match name.as_str() {
+            "certificate" | "certificate_file" => &mut form.certificate,
+            "private_key" | "private_key_file" => &mut form.private_key,
+            "chain" | "chain_file" => &mut form.chain,
+            "bypass" => {
+                form.bypass = matches!(value.as_slice(), b"true" | b"on" | b"1" | b"yes");
+                continue;
+            }
+            "csrf_token" => {
+                form.csrf_token = Some(String::from_utf8_lossy(&value).into_owned());
+                continue;
+            }
+            _ => continue,
+        };
+        if !target.is_empty() && !value.is_empty() {
+            target.push(b'\n');
+        }
+        target.extend_from_slice(&value);
+    }
+    Ok(form)
+}
+
+/// Checks, seals and stores an upload for `app`. Only the app's owner uploads key material.
+async fn upload(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    app: &App,
+    form: UploadForm,
+) -> AppResult<(Certificate, bool)> {
+    if app.owner_id != user.id {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            ErrorItem::new(
+                "forbidden",
+                "Only the app's owner uploads its certificate and key; staff never handle key material.",
+            ),
+        ));
+    }
+    let domains: Vec<String> = apps::store::domains(&state.db, app)
+        .await?
+        .into_iter()
+        .map(|d| d.hostname)
+        .collect();
+    let (vault, trust) = (state.vault.clone(), state.trust.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let upload = Upload {
+            certificate: &form.certificate,
+            private_key: &form.private_key,
+            chain: &form.chain,
+            bypass: form.bypass,
+        };
+        intake::check(&upload, &domains, &trust, db::now()).map(|accepted| {
+            let sealed = vault.seal(&accepted.key);
+            (accepted.inspection, accepted.chain_pem, sealed)
+        })
+    })
+    .await
+    .map_err(|e| AppError::internal(anyhow::anyhow!("certificate check task: {e}")))?;
+    match checked {
+        Ok((inspection, chain_pem, sealed)) => {
+            let sealed = sealed?;
+            store::insert(&state.db, app, user, ip.0, &inspection, &chain_pem, &sealed).await
+        }
+        Err(refused) => {
+            audit::record(
+                &state.db,
+                Entry::new(Some(user), "cert.refused", "app", &app.name)
+                    .app(&app.name)
+                    .outcome("refused")
+                    .detail(json!({
+                        "codes": refused.errors.iter().map(|e| e.code.as_ref()).collect::<Vec<_>>(),
+                        "fingerprint_sha256": refused.fingerprint,
+                    }))
+                    .ip(ip.0),
+            )
+            .await?;
+            Err(AppError::many(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                refused.errors,
+            ))
+        }
+    }
+}
+
+/// What a certificate's status is in listings.
+pub fn status_of(_cert: &Certificate) -> &'static str {
+    "uploaded"
+}
+
+/// The report of PRODUCT.md, plus where it belongs and its status.
+pub fn report_json(cert: &Certificate) -> Value {
+    json!({
+        "id": cert.id,
+        "app": cert.app,
+        "common_name": cert.common_name,
+        "sans": cert.sans,
+        "domains_covered": cert.domains_covered,
+        "issuer": cert.issuer,
+        "not_before": web::rfc3339(cert.not_before),
+        "not_after": web::rfc3339(cert.not_after),
+        "fingerprint_sha256": cert.fingerprint_sha256,
+        "key_type": cert.key_type,
+        "trusted": cert.trusted,
+        "chain_len": cert.chain_len,
+        "warnings": cert.warnings,
+        "status": status_of(cert),
+        "created_at": web::rfc3339(cert.created_at),
+    })
+}
+
+/// The served chain, parsed back from its PEM for display.
+pub fn chain_entries(cert: &Certificate) -> Vec<ChainEntry> {
+    super::pem::blocks(cert.chain_pem.as_bytes())
+        .into_iter()
+        .filter_map(|b| b.der)
+        .filter_map(|der| CertInfo::parse(&der).ok())
+        .map(|c| ChainEntry {
+            subject: c.subject,
+            issuer: c.issuer,
+            not_after: c.not_after,
+            fingerprint_sha256: c.fingerprint,
+        })
+        .collect()
+}
+
+// ---- JSON API ----
+
+async fn upload_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    multipart: Multipart,
+) -> AppResult<Response> {
+    let app = apps::store::find_visible(&state.db, &user, &name).await?;
+    let form = read_upload(multipart).await?;
+    let (cert, created) = upload(&state, &user, ip, &app, form).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(report_json(&cert))).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> AppResult<Response> {
+    let app = apps::store::find_visible(&state.db, &user, &name).await?;
+    let (certs, next) =
+        store::list_for_app(&state.db, &app, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let items: Vec<Value> = certs.iter().map(report_json).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+}
+
+async fn show_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    let cert = store::find_visible(&state.db, &user, id).await?;
+    let mut body = report_json(&cert);
+    body["chain"] = json!(
+        chain_entries(&cert)
+            .into_iter()
+            .map(|c| json!({
+                "subject": c.subject,
+                "issuer": c.issuer,
+                "not_after": web::rfc3339(c.not_after),
+                "fingerprint_sha256": c.fingerprint_sha256,
+            }))
+            .collect::<Vec<_>>()
+    );
+    body["chain_pem"] = json!(cert.chain_pem);
+    Ok(Json(body).into_response())
+}
+
+// ---- pages ----
+
+#[derive(Template)]
+#[template(path = "certs/new.html")]
+struct UploadPage {
+    chrome: Chrome,
+    app: App,
+    domains: Vec<String>,
+    errors: FormErrors,
+}
+
+async fn upload_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(name): Path<String>,
+) -> PageResult {
+    let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
+    let domains = apps::store::domains(&state.db, &app)
+        .await?
+        .into_iter()
+        .map(|d| d.hostname)
+        .collect();
+    Ok(render(&UploadPage {
+        chrome: me.chrome().await?,
+        app,
+        domains,
+        errors: FormErrors::default(),
+    })?)
+}
+
+async fn upload_form(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    multipart: Multipart,
+) -> PageResult {
+    let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
+    let result = match read_upload(multipart).await {
+        Ok(form) => {
+            csrf::verify(&me.session, form.csrf_token.as_deref()).await?;
+            upload(&state, &me.user, ip, &app, form).await
+        }
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok((cert, created)) => {
+            let message = if created {
+                "Certificate checked and stored; its key is sealed in the vault. Review the report below."
+            } else {
+                "This certificate was already uploaded for this app; here is its report."
+            };
+            web::flash(&me.session, "ok", message).await?;
+            Ok(see_other(&format!("/certs/{}", cert.id)))
+        }
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
+            let domains = apps::store::domains(&state.db, &app)
+                .await?
+                .into_iter()
+                .map(|d| d.hostname)
+                .collect();
+            Ok(render_status(
+                err.status,
+                &UploadPage {
+                    chrome: me.chrome().await?,
+                    app,
+                    domains,
+                    errors: err.into(),
+                },
+            )?)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "certs/show.html")]
+struct CertPage {
+    chrome: Chrome,
+    cert: Certificate,
+    status: &'static str,
+    chain: Vec<ChainEntry>,
+}
+
+async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i64>) -> PageResult {
+    let cert = store::find_visible(&state.db, &me.user, id).await?;
+    Ok(render(&CertPage {
+        chrome: me.chrome().await?,
+        status: status_of(&cert),
+        chain: chain_entries(&cert),
+        cert,
+    })?)
+}

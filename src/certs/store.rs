@@ -1,0 +1,203 @@
+//! SQL for stored certificates. Visibility follows the app: a customer reads only certificates
+//! of their own apps. No query here ever selects `sealed_key` except `sealed_key_of`.
+
+use serde::Serialize;
+use sqlx::{Row, any::AnyRow};
+
+use super::intake::Inspection;
+use crate::{
+    accounts::User,
+    apps::store::App,
+    audit::{self, Entry},
+    db::{self, Db, Page},
+    error::{AppError, AppResult, ErrorItem},
+    vault::SealedKey,
+};
+
+/// A warning as stored and reported.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Warning {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    pub id: i64,
+    pub app_id: i64,
+    pub app: String,
+    pub common_name: String,
+    pub sans: Vec<String>,
+    pub domains_covered: Vec<String>,
+    pub issuer: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub fingerprint_sha256: String,
+    pub key_type: String,
+    pub trusted: bool,
+    pub chain_len: i64,
+    pub warnings: Vec<Warning>,
+    pub chain_pem: String,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "c.id, c.app_id, a.name AS app, c.common_name, c.sans, c.domains_covered, c.issuer, \
+    c.not_before, c.not_after, c.fingerprint_sha256, c.key_type, c.trusted, c.chain_len, c.warnings, \
+    c.chain_pem, c.created_at FROM certificates c JOIN apps a ON a.id = c.app_id";
+
+fn json_list<T: serde::de::DeserializeOwned>(raw: &str) -> Result<Vec<T>, sqlx::Error> {
+    serde_json::from_str(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn from_row(row: &AnyRow) -> Result<Certificate, sqlx::Error> {
+    Ok(Certificate {
+        id: row.try_get("id")?,
+        app_id: row.try_get("app_id")?,
+        app: row.try_get("app")?,
+        common_name: row.try_get("common_name")?,
+        sans: json_list(&row.try_get::<String, _>("sans")?)?,
+        domains_covered: json_list(&row.try_get::<String, _>("domains_covered")?)?,
+        issuer: row.try_get("issuer")?,
+        not_before: row.try_get("not_before")?,
+        not_after: row.try_get("not_after")?,
+        fingerprint_sha256: row.try_get("fingerprint_sha256")?,
+        key_type: row.try_get("key_type")?,
+        trusted: row.try_get::<i64, _>("trusted")? != 0,
+        chain_len: row.try_get("chain_len")?,
+        warnings: json_list(&row.try_get::<String, _>("warnings")?)?,
+        chain_pem: row.try_get("chain_pem")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Stores an accepted upload and its audit entry in one transaction. Uploading the same
+/// certificate to the same app again returns the stored one (`false`: nothing new was created).
+pub async fn insert(
+    db: &Db,
+    app: &App,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    inspection: &Inspection,
+    chain_pem: &str,
+    sealed: &SealedKey,
+) -> AppResult<(Certificate, bool)> {
+    let warnings: Vec<Warning> = inspection
+        .warnings
+        .iter()
+        .map(|w: &ErrorItem| Warning {
+            code: w.code.to_string(),
+            message: w.message.clone(),
+        })
+        .collect();
+    let mut tx = db.begin().await?;
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO certificates (app_id, uploaded_by, common_name, sans, domains_covered, issuer, \
+         not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
+         sealed_key, vault_recipient, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         ON CONFLICT (app_id, fingerprint_sha256) DO NOTHING RETURNING id",
+    )
+    .bind(app.id)
+    .bind(user.id)
+    .bind(&inspection.common_name)
+    .bind(serde_json::to_string(&inspection.sans).expect("strings serialize"))
+    .bind(serde_json::to_string(&inspection.domains_covered).expect("strings serialize"))
+    .bind(&inspection.issuer)
+    .bind(inspection.not_before)
+    .bind(inspection.not_after)
+    .bind(&inspection.fingerprint_sha256)
+    .bind(&inspection.key_type)
+    .bind(i64::from(inspection.trusted))
+    .bind(inspection.chain.len().saturating_sub(1) as i64)
+    .bind(serde_json::to_string(&warnings).expect("warnings serialize"))
+    .bind(chain_pem)
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(db::now())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (id, created) = match inserted {
+        Some(id) => (id, true),
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "SELECT id FROM certificates WHERE app_id = $1 AND fingerprint_sha256 = $2",
+            )
+            .bind(app.id)
+            .bind(&inspection.fingerprint_sha256)
+            .fetch_one(&mut *tx)
+            .await?;
+            (id, false)
+        }
+    };
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "cert.uploaded", "certificate", id)
+            .app(&app.name)
+            .detail(serde_json::json!({
+                "fingerprint_sha256": inspection.fingerprint_sha256,
+                "new": created,
+                "warnings": warnings.iter().map(|w| w.code.as_str()).collect::<Vec<_>>(),
+            }))
+            .ip(ip),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((find(db, id).await?, created))
+}
+
+async fn find(db: &Db, id: i64) -> AppResult<Certificate> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} WHERE c.id = $1"))
+        .bind(id)
+        .fetch_one(db)
+        .await?;
+    Ok(from_row(&row)?)
+}
+
+/// A certificate by id, if its app is visible to `user`; 404 otherwise.
+pub async fn find_visible(db: &Db, user: &User, id: i64) -> AppResult<Certificate> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} WHERE c.id = $1 AND ($2 = 1 OR a.owner_id = $3)"
+    ))
+    .bind(id)
+    .bind(i64::from(user.role.is_staff()))
+    .bind(user.id)
+    .fetch_optional(db)
+    .await?;
+    row.as_ref()
+        .map(from_row)
+        .transpose()?
+        .ok_or_else(|| AppError::not_found("certificate"))
+}
+
+/// An app's certificates, newest first.
+pub async fn list_for_app(
+    db: &Db,
+    app: &App,
+    page: Page,
+) -> AppResult<(Vec<Certificate>, Option<String>)> {
+    let before = if page.after == 0 {
+        i64::MAX
+    } else {
+        page.after
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} WHERE c.app_id = $1 AND c.id < $2 ORDER BY c.id DESC LIMIT $3"
+    ))
+    .bind(app.id)
+    .bind(before)
+    .bind(page.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    let certs = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(page.finish(certs, |c| c.id))
+}
+
+/// The sealed key of a certificate: for deployment only, never for display.
+pub async fn sealed_key_of(db: &Db, certificate_id: i64) -> AppResult<String> {
+    Ok(
+        sqlx::query_scalar("SELECT sealed_key FROM certificates WHERE id = $1")
+            .bind(certificate_id)
+            .fetch_one(db)
+            .await?,
+    )
+}

@@ -1,0 +1,91 @@
+//! `certdrop vault:rotate`: reseal every stored key to a fresh identity, then retire the old one.
+//! Each key is resealed in its own guarded update, so the pass can be interrupted at any point:
+//! until the rotation finishes, the current, next and retired identity files all stay on disk
+//! and the vault opens keys with any of them. Running it again completes the rotation.
+
+use std::time::Duration;
+
+use age::x25519::Identity;
+use anyhow::Context;
+use sqlx::Row;
+
+use super::{IdentityPaths, open_with, read_identity, seal_to, write_identity};
+use crate::db::Db;
+
+#[derive(Debug)]
+pub struct Rotation {
+    pub resealed: u64,
+    pub recipient: String,
+}
+
+pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> {
+    let current = read_identity(&paths.current)?;
+    let next = if paths.next().exists() {
+        read_identity(&paths.next())?
+    } else {
+        let fresh = Identity::generate();
+        write_identity(&paths.next(), &fresh)?;
+        fresh
+    };
+    let mut openers = vec![current.clone(), next.clone()];
+    if paths.retired().exists() {
+        openers.push(read_identity(&paths.retired())?);
+    }
+    let recipient = next.to_public().to_string();
+
+    let mut resealed = reseal_all(db, &openers, &recipient).await?;
+
+    // Swap: the old identity stays on disk as "retired" until stragglers are resealed.
+    write_identity(&paths.retired(), &current)?;
+    std::fs::rename(paths.next(), &paths.current).context("installing the new vault identity")?;
+
+    // Uploads in flight during the swap may have sealed to the old identity; give them time to
+    // commit, then reseal them too.
+    resealed += reseal_all(db, &openers, &recipient).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    resealed += reseal_all(db, &openers, &recipient).await?;
+
+    std::fs::remove_file(paths.retired()).context("retiring the old vault identity")?;
+    Ok(Rotation {
+        resealed,
+        recipient,
+    })
+}
+
+/// Reseals, one row at a time, every stored key not yet sealed to `recipient`.
+async fn reseal_all(db: &Db, openers: &[Identity], recipient: &str) -> anyhow::Result<u64> {
+    let mut done = 0;
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT id, sealed_key FROM certificates WHERE vault_recipient <> $1 AND id > $2 ORDER BY id LIMIT 100",
+        )
+        .bind(recipient)
+        .bind(after)
+        .fetch_all(db)
+        .await?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let sealed: String = row.try_get("sealed_key")?;
+            after = id;
+            let key = open_with(openers, &sealed).with_context(|| {
+                format!("certificate {id}: its key opens with none of the vault identities")
+            })?;
+            let fresh = seal_to(recipient, &key)?;
+            // Guarded on the old ciphertext: a concurrent change to the row is never overwritten.
+            sqlx::query(
+                "UPDATE certificates SET sealed_key = $1, vault_recipient = $2 WHERE id = $3 AND sealed_key = $4",
+            )
+            .bind(&fresh.armored)
+            .bind(recipient)
+            .bind(id)
+            .bind(&sealed)
+            .execute(db)
+            .await?;
+            done += 1;
+        }
+    }
+}
