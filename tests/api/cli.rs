@@ -103,3 +103,41 @@ fn serve_refuses_a_bad_database_url_with_a_clear_message() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("CERTDROP_LISTEN"));
 }
+
+db_test! {
+    async fn the_cli_uploads_a_certificate_and_shows_it_like_heroku_certs(app) {
+        let config = tempfile::tempdir().unwrap();
+        let dir = config.path();
+        let (ok, out, _) = certdrop(&app, dir, &["users:create", "--email", "ann@example.com", "--role", "customer"], None);
+        assert!(ok);
+        let password = out.lines().find_map(|l| l.split(": ").nth(1)).unwrap().trim().to_string();
+        assert!(certdrop(&app, dir, &["login", "--email", "ann@example.com", "--password-stdin"], Some(&password)).0);
+        assert!(certdrop(&app, dir, &["apps:create", "shop", "--backend", "http://10.0.0.5:8000"], None).0);
+        assert!(certdrop(&app, dir, &["domains:add", "www.example.com", "--app", "shop"], None).0);
+
+        let root = crate::pki::root("Test Root");
+        let inter = crate::pki::intermediate("Test Intermediate", &root);
+        let leaf = crate::pki::leaf(&["www.example.com"], &inter, crate::pki::Alg::Rsa2048);
+        let files = tempfile::tempdir().unwrap();
+        let crt = crate::pki::write(files.path(), "server.crt", leaf.cert_pem.as_bytes());
+        let chain = crate::pki::write(files.path(), "chain.pem", inter.pem().as_bytes());
+        let key = crate::pki::write(files.path(), "server.key", leaf.key_pem.as_bytes());
+        let path = |n: &str| files.path().join(n).display().to_string();
+        let (ok, out, err) = certdrop(&app, dir, &["certs:add", &path(&crt), &path(&chain), &path(&key), "--app", "shop"], None);
+        assert!(ok, "{err}");
+        assert!(out.contains("www.example.com") && out.contains("rsa-2048") && out.contains(&leaf.fingerprint()), "{out}");
+        assert!(out.contains("chain_incomplete"), "warnings are shown: {out}");
+        let (ok, out, _) = certdrop(&app, dir, &["certs", "--app", "shop"], None);
+        assert!(ok);
+        for column in ["Common Name", "Domains", "Expires", "Trusted", "Status", "www.example.com", "False"] {
+            assert!(out.contains(column), "{column} missing from:\n{out}");
+        }
+        let (ok, out, _) = certdrop(&app, dir, &["certs:info", "--app", "shop", "--json"], None);
+        assert!(ok);
+        let info: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(info["chain"].as_array().unwrap().len(), 2);
+        let wrong = crate::pki::write(files.path(), "wrong.key", crate::pki::Alg::P256.key().serialize_pem().as_bytes());
+        let (ok, _, err) = certdrop(&app, dir, &["certs:add", &path(&crt), &path(&wrong), "--app", "shop"], None);
+        assert!(!ok && err.contains("key_mismatch"), "{err}");
+    }
+}

@@ -112,12 +112,39 @@ async fn create_pg_database() -> Option<(String, PgDatabase)> {
     Some((url.to_string(), PgDatabase { admin_url, name }))
 }
 
+/// A fresh database for one test: a SQLite file in `dir`, or a new PostgreSQL database.
+pub struct TestDatabase {
+    pub url: String,
+    pub backend: certdrop::config::DbBackend,
+    _pg: Option<PgDatabase>,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend, dir: &std::path::Path) -> Option<Self> {
+        Some(match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.join("certdrop.db").display()),
+                backend: certdrop::config::DbBackend::Sqlite,
+                _pg: None,
+            },
+            Backend::Postgres => {
+                let (url, db) = create_pg_database().await?;
+                Self {
+                    url,
+                    backend: certdrop::config::DbBackend::Postgres,
+                    _pg: Some(db),
+                }
+            }
+        })
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     pub db: Db,
+    pub vault: Arc<certdrop::vault::Vault>,
     pub data_dir: TempDir,
-    pub database_url: String,
-    _pg: Option<PgDatabase>,
+    pub database: TestDatabase,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -129,23 +156,17 @@ impl TestApp {
     /// Spawns with a configuration adjusted by `tweak` (e.g. an SMTP URL).
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let database = TestDatabase::new(backend, data_dir.path()).await?;
         let mut config = Config::for_data_dir(data_dir.path()).expect("default config");
-        let pg = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let (url, db) = create_pg_database().await?;
-                config.database_url = SecretString::from(url);
-                config.db_backend = certdrop::config::DbBackend::Postgres;
-                Some(db)
-            }
-        };
+        config.database_url = SecretString::from(database.url.clone());
+        config.db_backend = database.backend;
         tweak(&mut config);
-        let database_url = config.database_url().to_string();
         let app = Application::build(config)
             .await
             .expect("build the application");
         let address = format!("http://{}", app.address());
         let db = app.state().db.clone();
+        let vault = app.state().vault.clone();
         let server = tokio::spawn(async move {
             app.run_until(std::future::pending())
                 .await
@@ -154,9 +175,9 @@ impl TestApp {
         Some(Self {
             address,
             db,
+            vault,
             data_dir,
-            database_url,
-            _pg: pg,
+            database,
             _server: server,
         })
     }
@@ -172,7 +193,7 @@ impl TestApp {
                 "CERTDROP_DATA_DIR",
                 self.data_dir.path().display().to_string(),
             ),
-            ("CERTDROP_DATABASE_URL", self.database_url.clone()),
+            ("CERTDROP_DATABASE_URL", self.database.url.clone()),
         ]
     }
 
@@ -215,16 +236,7 @@ impl TestApp {
     }
 
     pub fn browser(&self) -> Browser {
-        let jar = Arc::new(Jar::default());
-        Browser {
-            base: self.address.clone(),
-            http: reqwest::Client::builder()
-                .cookie_provider(jar.clone())
-                .redirect(Policy::none())
-                .build()
-                .unwrap(),
-            jar,
-        }
+        Browser::new(&self.address)
     }
 
     /// A browser signed in as a new user of `role`.
@@ -349,6 +361,39 @@ pub struct Browser {
 }
 
 impl Browser {
+    pub fn new(base: &str) -> Self {
+        let jar = Arc::new(Jar::default());
+        Self {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .cookie_provider(jar.clone())
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            jar,
+        }
+    }
+
+    /// Posts a multipart form with the CSRF token of the page at `form_page`.
+    pub async fn submit_multipart(
+        &self,
+        form_page: &str,
+        action: &str,
+        form: reqwest::multipart::Form,
+    ) -> Resp {
+        let token = self.csrf(form_page).await;
+        Resp::read(
+            self.http
+                .post(format!("{}{action}", self.base))
+                .header("origin", &self.base)
+                .multipart(form.text("csrf_token", token))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         Resp::read(
             self.http
@@ -484,4 +529,97 @@ impl Resp {
             })
             .unwrap_or_default()
     }
+}
+
+/// `certdrop` run as a separate process, as an operator runs it, with its log in a file.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `certdrop serve` on port 0 and waits until it says where it listens.
+    pub fn start(data_dir: &std::path::Path, database_url: &str, env: &[(&str, &str)]) -> Self {
+        let log = data_dir.with_extension(format!("{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certdrop"))
+            .arg("serve")
+            .env("CERTDROP_DATA_DIR", data_dir)
+            .env("CERTDROP_DATABASE_URL", database_url)
+            .env("CERTDROP_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("certdrop is serving")) {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .expect("the serving line names its address");
+                return Self {
+                    child,
+                    address: format!("http://{addr}"),
+                    log,
+                };
+            }
+            if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("certdrop serve did not start:\n{text}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for the graceful exit.
+    pub fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn api(&self, token: Option<String>) -> Api {
+        Api {
+            base: self.address.clone(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs the `certdrop` binary to completion with `env`, feeding `stdin`.
+pub fn certdrop_command(
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certdrop"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
 }

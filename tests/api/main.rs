@@ -7,4 +7,6 @@ mod apps;
 mod certs;
 mod cli;
 mod health;
+mod keyscan;
 mod pki;
+mod vault;
