@@ -119,6 +119,82 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload a new certificate for an app that already serves one, and open an update ticket.
+    #[command(name = "certs:update")]
+    CertsUpdate {
+        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        files: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        bypass: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a ticket to return to the previously deployed certificate.
+    #[command(name = "certs:rollback")]
+    CertsRollback {
+        #[arg(long)]
+        app: String,
+    },
+    /// Open a ticket to stop serving TLS and release the app's edge pair (stops billing).
+    #[command(name = "certs:remove")]
+    CertsRemove {
+        #[arg(long)]
+        app: String,
+    },
+    /// List tickets (yours; staff see all).
+    Tickets {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve an open ticket (staff).
+    #[command(name = "tickets:approve")]
+    TicketsApprove { id: i64 },
+    /// Reject an open ticket with a reason the customer reads (staff).
+    #[command(name = "tickets:reject")]
+    TicketsReject {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Create an edge pair and print its two enrollment tokens (staff).
+    #[command(name = "edge-pairs:create")]
+    EdgePairsCreate { name: String },
+    /// List edge pairs and their nodes' health (staff).
+    #[command(name = "edge-pairs")]
+    EdgePairs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one edge node: a TLS terminator for its pair's app (server side).
+    Edge {
+        #[arg(long)]
+        control_plane: String,
+        #[arg(long)]
+        enroll_token: String,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+        /// HOST:PORT the control plane reaches this node at (default: the --listen address).
+        #[arg(long)]
+        advertise: Option<String>,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Export a month's billing statement for all customers (server side).
+    #[command(name = "billing:export")]
+    BillingExport {
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+    },
     /// Show a certificate's details (the newest one, or --id).
     #[command(name = "certs:info")]
     CertsInfo {
@@ -133,6 +209,8 @@ pub enum Command {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider for the whole process, whichever library builds a TLS config.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -177,6 +255,29 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::VaultRotate => {
             init_logging("warn");
             vault_rotate().await
+        }
+        Command::Edge {
+            control_plane,
+            enroll_token,
+            listen,
+            http_listen,
+            advertise,
+            data_dir,
+        } => {
+            init_logging("info");
+            crate::edge::node::run(crate::edge::node::NodeArgs {
+                control_plane,
+                enroll_token,
+                listen,
+                http_listen,
+                advertise,
+                data_dir,
+            })
+            .await
+        }
+        Command::BillingExport { month, format } => {
+            init_logging("warn");
+            billing_export(&month, &format).await
         }
         other => {
             init_logging("warn");
@@ -248,5 +349,18 @@ async fn vault_rotate() -> anyhow::Result<()> {
         "Resealed {} key(s) to the new vault identity {}; the old identity is retired.",
         rotation.resealed, rotation.recipient
     );
+    Ok(())
+}
+
+async fn billing_export(month: &str, format: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let month = crate::billing::statement::Month::parse(month)
+        .with_context(|| format!("`{month}` is not a month; write it as YYYY-MM"))?;
+    let config = Config::from_env()?;
+    let db = db::connect(&config).await?;
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    crate::billing::routes::write_export(&db, None, month, format == "json", &mut out).await?;
+    out.flush()?;
     Ok(())
 }

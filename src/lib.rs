@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod apps;
 /// The append-only audit trail.
 pub mod audit;
+/// Billing events, statements and exports.
+pub mod billing;
 /// Certificate intake: PEM, X.509 inspection, chain building, trust, the report and its codes.
 pub mod certs;
 /// The clap command tree: server verbs and client verbs.
@@ -17,10 +19,16 @@ pub mod client;
 pub mod config;
 /// Pool, migrations, pagination.
 pub mod db;
+/// Edge pairs, the deploy worker, handshake verification, and the edge node itself.
+pub mod edge;
 /// `AppError`: what users see versus what is logged.
 pub mod error;
+/// The durable mail outbox, its sender and the expiry reminders.
+pub mod mail;
 /// State, router, serving and shutdown.
 pub mod startup;
+/// Provisioning tickets: the state machine, the staff queue, comments.
+pub mod tickets;
 /// The sealed vault: the only road from a plaintext key to storage.
 pub mod vault;
 /// Layout context, rendering, security headers, the Origin check.

@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 use tower::ServiceBuilder;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -24,11 +24,13 @@ use url::Url;
 
 use crate::{
     accounts::{self, Viewer, ratelimit::LoginLimiter, session_store::DbSessionStore},
-    apps, audit,
+    apps, audit, billing,
     certs::{self, trust::TrustStore},
     config::Config,
     db::{self, Db},
+    edge,
     error::AppError,
+    mail, tickets,
     vault::Vault,
     web::{self, PageError},
 };
@@ -45,11 +47,18 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     pub vault: Arc<Vault>,
     pub trust: Arc<TrustStore>,
+    /// Wakes the mail sender when a message is queued.
+    pub mail_wake: Arc<Notify>,
+    /// Wakes the deploy worker when a ticket is approved.
+    pub deploy_wake: Arc<Notify>,
+    /// Wakes nodes' long-polls when a pair's configuration changes.
+    pub config_changed: Arc<Notify>,
 }
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    mail: Option<(mail::worker::Transport, lettre::message::Mailbox)>,
 }
 
 /// Uploads are at most 1 MiB of key material; the multipart envelope gets some room on top.
@@ -82,8 +91,21 @@ impl Application {
             login_limiter: Arc::new(LoginLimiter::new()),
             vault: Arc::new(vault),
             trust: Arc::new(trust),
+            mail_wake: Arc::new(Notify::new()),
+            deploy_wake: Arc::new(Notify::new()),
+            config_changed: Arc::new(Notify::new()),
         };
-        Ok(Self { listener, state })
+        let transport = mail::worker::Transport::from_config(&state.config)?;
+        let from: lettre::message::Mailbox = state
+            .config
+            .mail_from
+            .parse()
+            .context("CERTDROP_MAIL_FROM")?;
+        Ok(Self {
+            listener,
+            state,
+            mail: Some((transport, from)),
+        })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -98,10 +120,18 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let workers = spawn_workers(&self.state);
+        let mut workers = spawn_workers(&self.state);
+        if let Some((transport, from)) = self.mail.take() {
+            workers.push(tokio::spawn(mail::worker::run(
+                self.state.db.clone(),
+                transport,
+                from,
+                self.state.mail_wake.clone(),
+            )));
+        }
         let router = router(self.state.clone());
         tracing::info!(
             address = %self.address(),
@@ -141,19 +171,23 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let sessions = DbSessionStore::new(state.db.clone());
     let limiter = state.login_limiter.clone();
-    vec![tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
-        loop {
-            tick.tick().await;
-            if let Err(err) = sessions.delete_expired().await {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "could not delete expired sessions"
-                );
+    vec![
+        tokio::spawn(edge::deploy::run(state.clone())),
+        tokio::spawn(mail::reminders::run(state.clone())),
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            loop {
+                tick.tick().await;
+                if let Err(err) = sessions.delete_expired().await {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "could not delete expired sessions"
+                    );
+                }
+                limiter.prune();
             }
-            limiter.prune();
-        }
-    })]
+        }),
+    ]
 }
 
 pub fn router(state: AppState) -> Router {
@@ -185,6 +219,9 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::routes::router())
         .merge(audit::routes::router())
         .merge(certs::routes::router())
+        .merge(tickets::routes::router())
+        .merge(edge::routes::router())
+        .merge(billing::routes::router())
         .fallback(fallback)
         .layer(sessions)
         .layer(middleware::from_fn_with_state(

@@ -330,3 +330,10 @@ pub fn safe_next(next: Option<&str>) -> &str {
         _ => "/apps",
     }
 }
+
+/// Integer cents as money: `2000, "USD"` → `20.00 USD`.
+pub fn money(cents: i64, currency: &str) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let cents = cents.unsigned_abs();
+    format!("{sign}{}.{:02} {currency}", cents / 100, cents % 100)
+}

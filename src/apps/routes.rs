@@ -74,7 +74,38 @@ async fn create_app(
     Ok(app)
 }
 
+/// Deletes an app, unless it holds an edge pair (remove its TLS first: that stops billing) or
+/// a deployment is under way.
 async fn delete_app(state: &AppState, user: &User, ip: ClientIp, app: &App) -> AppResult<()> {
+    if app.owner_id != user.id && !user.role.is_staff() {
+        return Err(AppError::forbidden());
+    }
+    let mut conn = state.db.acquire().await?;
+    if crate::edge::store::pair_of_app(&mut conn, app.id)
+        .await?
+        .is_some()
+    {
+        return Err(AppError::conflict(
+            "app_holds_pair",
+            format!(
+                "{} still holds its edge pair (and is billed for it). Open a remove ticket first (`certdrop certs:remove --app {}`); delete the app once it is deployed.",
+                app.name, app.name
+            ),
+        ));
+    }
+    let busy: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tickets WHERE app_id = $1 AND state IN ('approved', 'deploying')",
+    )
+    .bind(app.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    drop(conn);
+    if busy > 0 {
+        return Err(AppError::conflict(
+            "deployment_in_progress",
+            "A deployment for this app is under way; wait for it to finish, then delete the app.",
+        ));
+    }
     store::delete(&state.db, app).await?;
     audit::record(
         &state.db,
@@ -237,6 +268,10 @@ struct AppPage {
     app: App,
     domains: Vec<store::Domain>,
     certs: Vec<crate::certs::store::Certificate>,
+    statuses: std::collections::HashMap<i64, &'static str>,
+    /// Whether the app holds an edge pair (TLS provisioned).
+    provisioned: bool,
+    monthly_price: String,
     hostname: String,
     errors: FormErrors,
 }
@@ -252,6 +287,12 @@ async fn render_app_page(
     let domains = store::domains(&state.db, &app).await?;
     let (certs, _) =
         crate::certs::store::list_for_app(&state.db, &app, Page::new(None, None)?).await?;
+    let statuses = crate::certs::store::statuses(&state.db, app.id).await?;
+    let mut conn = state.db.acquire().await?;
+    let provisioned = crate::edge::store::pair_of_app(&mut conn, app.id)
+        .await?
+        .is_some();
+    drop(conn);
     Ok(render_status(
         status,
         &AppPage {
@@ -259,6 +300,9 @@ async fn render_app_page(
             app,
             domains,
             certs,
+            statuses,
+            provisioned,
+            monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
             hostname,
             errors,
         },
@@ -284,7 +328,7 @@ async fn app_page(
 
 impl AppPage {
     fn status(&self, cert: &crate::certs::store::Certificate) -> &'static str {
-        crate::certs::routes::status_of(cert)
+        crate::certs::routes::status(&self.statuses, cert)
     }
 }
 
@@ -436,11 +480,24 @@ async fn show_app_api(
 ) -> AppResult<Response> {
     let app = store::find_visible(&state.db, &user, &name).await?;
     let domains = store::domains(&state.db, &app).await?;
-    Ok(Json(AppJson::new(
+    let mut conn = state.db.acquire().await?;
+    let serving = crate::tickets::store::deployed_certificate(&mut conn, app.id).await?;
+    let provisioned = crate::edge::store::pair_of_app(&mut conn, app.id)
+        .await?
+        .is_some();
+    drop(conn);
+    let mut body = serde_json::to_value(AppJson::new(
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
     ))
-    .into_response())
+    .map_err(anyhow::Error::from)?;
+    body["provisioned"] = json!(provisioned);
+    body["serving_certificate_id"] = json!(serving);
+    body["pair_price"] = json!({
+        "cents_per_month": state.config.pair_price_cents,
+        "currency": state.config.currency,
+    });
+    Ok(Json(body).into_response())
 }
 
 async fn delete_app_api(

@@ -167,13 +167,8 @@ async fn upload(
     }
 }
 
-/// What a certificate's status is in listings.
-pub fn status_of(_cert: &Certificate) -> &'static str {
-    "uploaded"
-}
-
 /// The report of PRODUCT.md, plus where it belongs and its status.
-pub fn report_json(cert: &Certificate) -> Value {
+pub fn report_json(cert: &Certificate, status: &str) -> Value {
     json!({
         "id": cert.id,
         "app": cert.app,
@@ -188,9 +183,16 @@ pub fn report_json(cert: &Certificate) -> Value {
         "trusted": cert.trusted,
         "chain_len": cert.chain_len,
         "warnings": cert.warnings,
-        "status": status_of(cert),
+        "status": status,
         "created_at": web::rfc3339(cert.created_at),
     })
+}
+
+pub fn status(
+    statuses: &std::collections::HashMap<i64, &'static str>,
+    cert: &Certificate,
+) -> &'static str {
+    statuses.get(&cert.id).copied().unwrap_or("uploaded")
 }
 
 /// The served chain, parsed back from its PEM for display.
@@ -220,12 +222,13 @@ async fn upload_api(
     let app = apps::store::find_visible(&state.db, &user, &name).await?;
     let form = read_upload(multipart).await?;
     let (cert, created) = upload(&state, &user, ip, &app, form).await?;
-    let status = if created {
+    let statuses = store::statuses(&state.db, app.id).await?;
+    let code = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(report_json(&cert))).into_response())
+    Ok((code, Json(report_json(&cert, status(&statuses, &cert)))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -243,7 +246,11 @@ async fn list_api(
     let app = apps::store::find_visible(&state.db, &user, &name).await?;
     let (certs, next) =
         store::list_for_app(&state.db, &app, Page::new(q.cursor.as_deref(), q.limit)?).await?;
-    let items: Vec<Value> = certs.iter().map(report_json).collect();
+    let statuses = store::statuses(&state.db, app.id).await?;
+    let items: Vec<Value> = certs
+        .iter()
+        .map(|c| report_json(c, status(&statuses, c)))
+        .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
 }
 
@@ -253,7 +260,8 @@ async fn show_api(
     Path(id): Path<i64>,
 ) -> AppResult<Response> {
     let cert = store::find_visible(&state.db, &user, id).await?;
-    let mut body = report_json(&cert);
+    let statuses = store::statuses(&state.db, cert.app_id).await?;
+    let mut body = report_json(&cert, status(&statuses, &cert));
     body["chain"] = json!(
         chain_entries(&cert)
             .into_iter()
@@ -355,9 +363,10 @@ struct CertPage {
 
 async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i64>) -> PageResult {
     let cert = store::find_visible(&state.db, &me.user, id).await?;
+    let statuses = store::statuses(&state.db, cert.app_id).await?;
     Ok(render(&CertPage {
         chrome: me.chrome().await?,
-        status: status_of(&cert),
+        status: status(&statuses, &cert),
         chain: chain_entries(&cert),
         cert,
     })?)

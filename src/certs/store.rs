@@ -201,3 +201,45 @@ pub async fn sealed_key_of(db: &Db, certificate_id: i64) -> AppResult<String> {
             .await?,
     )
 }
+
+/// Each certificate's status within its app: `deployed` (served now), `deploying` (an approved
+/// ticket is rolling it out), `pending` (an open ticket names it), `previous` (served before),
+/// or `uploaded`.
+pub async fn statuses(
+    db: &Db,
+    app_id: i64,
+) -> AppResult<std::collections::HashMap<i64, &'static str>> {
+    let mut out = std::collections::HashMap::new();
+    let deployed: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT certificate_id FROM app_deployments WHERE app_id = $1 ORDER BY id",
+    )
+    .bind(app_id)
+    .fetch_all(db)
+    .await?;
+    for id in deployed.iter().flatten() {
+        out.insert(*id, "previous");
+    }
+    let tickets = sqlx::query(
+        "SELECT certificate_id, state FROM tickets WHERE app_id = $1 AND certificate_id IS NOT NULL \
+         AND state IN ('open', 'approved', 'deploying') AND kind IN ('provision', 'update', 'rollback')",
+    )
+    .bind(app_id)
+    .fetch_all(db)
+    .await?;
+    for row in tickets {
+        let id: i64 = row.try_get("certificate_id")?;
+        let state: String = row.try_get("state")?;
+        out.insert(
+            id,
+            if state == "open" {
+                "pending"
+            } else {
+                "deploying"
+            },
+        );
+    }
+    if let Some(Some(current)) = deployed.last() {
+        out.insert(*current, "deployed");
+    }
+    Ok(out)
+}

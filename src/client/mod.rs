@@ -61,7 +61,7 @@ fn save_credentials(creds: &Credentials) -> anyhow::Result<PathBuf> {
 
 /// A client for one server, with or without a token.
 pub struct Client {
-    base: String,
+    pub base: String,
     token: Option<SecretString>,
     http: reqwest::Client,
 }
@@ -316,12 +316,118 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             app,
             bypass,
             json,
-        } => {
-            let report = upload(&Client::configured()?, &app, &files, bypass).await?;
-            if json {
-                return print_json(&report);
+        } => upload_and_open(&app, &files, bypass, json, None).await,
+        Command::CertsUpdate {
+            files,
+            app,
+            bypass,
+            json,
+        } => upload_and_open(&app, &files, bypass, json, Some("update")).await,
+        Command::CertsRollback { app } => {
+            open_ticket(&Client::configured()?, &app, "rollback", None).await
+        }
+        Command::CertsRemove { app } => {
+            open_ticket(&Client::configured()?, &app, "remove", None).await
+        }
+        Command::Tickets { app, state, json } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(app) = &app {
+                query.append_pair("app", app);
             }
-            output::print_report(&report);
+            if let Some(state) = &state {
+                query.append_pair("state", state);
+            }
+            let items = Client::configured()?
+                .list_all(&format!("/api/v1/tickets?{}", query.finish()))
+                .await?;
+            if json {
+                return print_json(&items);
+            }
+            let mut table = Table::new(&["ID", "App", "Kind", "State", "Certificate", "Opened"]);
+            for t in &items {
+                table.row(vec![
+                    output::s(&t["id"]),
+                    output::s(&t["app"]),
+                    output::s(&t["kind"]),
+                    output::s(&t["state"]),
+                    output::s(&t["certificate_id"]),
+                    output::s(&t["created_at"]),
+                ]);
+            }
+            table.print_or("No tickets.");
+            Ok(())
+        }
+        Command::TicketsApprove { id } => {
+            let t = Client::configured()?
+                .post(&format!("/api/v1/tickets/{id}/approve"), json!({}))
+                .await?;
+            println!(
+                "Ticket #{id} approved; deploying {} to edge pair {}.",
+                output::s(&t["app"]),
+                output::s(&t["deployment"]["pair"])
+            );
+            Ok(())
+        }
+        Command::TicketsReject { id, reason } => {
+            Client::configured()?
+                .post(
+                    &format!("/api/v1/tickets/{id}/reject"),
+                    json!({"reason": reason}),
+                )
+                .await?;
+            println!("Ticket #{id} rejected; the customer has been told why.");
+            Ok(())
+        }
+        Command::EdgePairsCreate { name } => {
+            let client = Client::configured()?;
+            let pair = client
+                .post("/api/v1/edge-pairs", json!({"name": name}))
+                .await?;
+            println!(
+                "Created edge pair {}. Start its two nodes (each token works once):",
+                output::s(&pair["name"])
+            );
+            for token in pair["enroll_tokens"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                println!(
+                    "  certdrop edge --control-plane {} --enroll-token {} --listen 0.0.0.0:443 --http-listen 0.0.0.0:80 --data-dir /var/lib/certdrop-edge",
+                    client.base,
+                    output::s(&token)
+                );
+            }
+            Ok(())
+        }
+        Command::EdgePairs { json } => {
+            let items = Client::configured()?.list_all("/api/v1/edge-pairs").await?;
+            if json {
+                return print_json(&items);
+            }
+            let mut table = Table::new(&[
+                "Pair",
+                "App",
+                "Config",
+                "Node",
+                "Address",
+                "Last seen",
+                "Applied",
+            ]);
+            for p in &items {
+                for n in p["nodes"].as_array().cloned().unwrap_or_default() {
+                    table.row(vec![
+                        output::s(&p["name"]),
+                        output::s(&p["app"]),
+                        output::s(&p["config_version"]),
+                        output::s(&n["node"]),
+                        output::s(&n["address"]),
+                        output::s(&n["last_seen_at"]),
+                        output::s(&n["applied_version"]),
+                    ]);
+                }
+            }
+            table.print_or("No edge pairs. Create one with `certdrop edge-pairs:create NAME`.");
             Ok(())
         }
         Command::CertsInfo { app, id, json } => {
@@ -344,10 +450,70 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             output::print_report(&cert);
             Ok(())
         }
-        Command::Serve | Command::UsersCreate { .. } | Command::VaultRotate => {
+        Command::Serve
+        | Command::UsersCreate { .. }
+        | Command::VaultRotate
+        | Command::Edge { .. }
+        | Command::BillingExport { .. } => {
             unreachable!("server verbs are dispatched in cli")
         }
     }
+}
+
+/// Uploads a certificate, then opens the ticket that deploys it: `provision` for an app that
+/// serves nothing yet, `update` otherwise (or the kind asked for).
+async fn upload_and_open(
+    app: &str,
+    files: &[PathBuf],
+    bypass: bool,
+    json: bool,
+    kind: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = Client::configured()?;
+    let report = upload(&client, app, files, bypass).await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        output::print_report(&report);
+    }
+    let info = client
+        .get(&format!("/api/v1/apps/{}", urlencode(app)))
+        .await?;
+    let kind = kind.unwrap_or(if info["provisioned"] == true {
+        "update"
+    } else {
+        "provision"
+    });
+    if kind == "provision" && !json {
+        let price = &info["pair_price"];
+        println!(
+            "Provisioning gives {app} a dedicated edge pair for {} per month, prorated by the second until it is removed.",
+            crate::web::money(
+                price["cents_per_month"].as_i64().unwrap_or(0),
+                price["currency"].as_str().unwrap_or("")
+            )
+        );
+    }
+    open_ticket(&client, app, kind, report["id"].as_i64()).await
+}
+
+async fn open_ticket(
+    client: &Client,
+    app: &str,
+    kind: &str,
+    certificate_id: Option<i64>,
+) -> anyhow::Result<()> {
+    let ticket = client
+        .post(
+            "/api/v1/tickets",
+            json!({"app": app, "kind": kind, "certificate_id": certificate_id}),
+        )
+        .await?;
+    println!(
+        "Ticket #{} opened ({kind}); you will get an email when staff approve it.",
+        output::s(&ticket["id"])
+    );
+    Ok(())
 }
 
 /// Uploads CRT [CHAIN...] KEY as the multipart form of `POST /api/v1/apps/{app}/certs`.

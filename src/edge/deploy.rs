@@ -1,0 +1,498 @@
+//! The deploy worker: carries out approved tickets on the app's edge pair. A job is durable (a
+//! row), claimed with a lease renewed while it runs (so a control plane that dies mid-way hands
+//! it to the next one), and idempotent step by step: it publishes a configuration once, waits
+//! for both nodes to apply it, verifies each node by a real TLS handshake, and only then marks
+//! the ticket deployed — once.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use sqlx::Row;
+
+use super::{store, verify};
+use crate::{
+    apps::hostname,
+    audit::{self, Entry},
+    certs,
+    db::{self},
+    mail,
+    startup::AppState,
+    tickets::{
+        self,
+        state::{TicketKind, TicketState},
+    },
+    vault,
+};
+
+/// How long a claimed job is reserved; renewed while it runs.
+const LEASE_SECONDS: i64 = 15;
+/// How long both nodes have to apply a new configuration.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Job {
+    id: i64,
+    ticket_id: i64,
+    pair_id: i64,
+    target: Option<i64>,
+    config_version: Option<i64>,
+}
+
+pub async fn run(state: AppState) {
+    loop {
+        if let Err(err) = claim_due(&state).await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "deploy: could not look for jobs"
+            );
+        }
+        tokio::select! {
+            () = state.deploy_wake.notified() => {},
+            () = tokio::time::sleep(Duration::from_secs(1)) => {},
+        }
+    }
+}
+
+async fn claim_due(state: &AppState) -> anyhow::Result<()> {
+    let now = db::now();
+    let rows = sqlx::query(
+        "SELECT id, ticket_id, pair_id, target_certificate_id, config_version, state, lease_until FROM deploy_jobs \
+         WHERE state = 'pending' OR (state = 'running' AND lease_until < $1) ORDER BY id LIMIT 10",
+    )
+    .bind(now)
+    .fetch_all(&state.db)
+    .await?;
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let claimed = sqlx::query(
+            "UPDATE deploy_jobs SET state = 'running', lease_until = $1, attempts = attempts + 1, updated_at = $2 \
+             WHERE id = $3 AND state = $4 AND lease_until = $5",
+        )
+        .bind(now + LEASE_SECONDS)
+        .bind(now)
+        .bind(id)
+        .bind(row.try_get::<String, _>("state")?)
+        .bind(row.try_get::<i64, _>("lease_until")?)
+        .execute(&state.db)
+        .await?;
+        if claimed.rows_affected() != 1 {
+            continue;
+        }
+        let job = Job {
+            id,
+            ticket_id: row.try_get("ticket_id")?,
+            pair_id: row.try_get("pair_id")?,
+            target: row.try_get("target_certificate_id")?,
+            config_version: row.try_get("config_version")?,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            tracing::info!(job = job.id, ticket = job.ticket_id, "deploy: started");
+            match execute(&state, &job).await {
+                Ok(()) => tracing::info!(job = job.id, ticket = job.ticket_id, "deploy: finished"),
+                Err(err) => tracing::error!(
+                    job = job.id,
+                    error = format!("{err:#}"),
+                    "deploy: interrupted; it will be retried"
+                ),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn renew_lease(state: &AppState, job: &Job) -> anyhow::Result<()> {
+    sqlx::query("UPDATE deploy_jobs SET lease_until = $1 WHERE id = $2 AND state = 'running'")
+        .bind(db::now() + LEASE_SECONDS)
+        .bind(job.id)
+        .execute(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// Runs a job to its end. An `Err` means "could not finish now" (the job is retried); a
+/// deployment that fails on its merits ends the ticket as `failed` and returns `Ok`.
+async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
+    let ticket = tickets::store::find(&state.db, job.ticket_id)
+        .await?
+        .context("the job's ticket is gone")?;
+    if ticket.state.is_final() {
+        return finish_job(state, job).await;
+    }
+    if ticket.state == TicketState::Approved {
+        let mut tx = state.db.begin().await?;
+        match tickets::store::transition(&mut tx, ticket.id, TicketState::Deploying, None, None)
+            .await
+        {
+            Ok(_) => tx.commit().await?,
+            Err(err) if err.first_code() == "invalid_transition" => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let version = match job.config_version {
+        Some(v) => v,
+        None => publish(state, job).await?,
+    };
+    renew_lease(state, job).await?;
+    let outcome = match wait_until_applied(state, job, version).await? {
+        Err(why) => Err(why),
+        Ok(()) => verify_nodes(state, job, ticket.kind).await?,
+    };
+    match outcome {
+        Ok(()) => succeed(state, job, &ticket).await,
+        Err(why) => fail(state, job, &ticket, &why).await,
+    }
+}
+
+/// Seals the key to both nodes and bumps the pair's configuration, once per job.
+async fn publish(state: &AppState, job: &Job) -> anyhow::Result<i64> {
+    let pair = store::pair(&state.db, job.pair_id).await?;
+    let mut sealed = Vec::new();
+    if let Some(cert) = job.target {
+        let armored = certs::store::sealed_key_of(&state.db, cert).await?;
+        let recipients: Vec<(i64, String)> = pair
+            .nodes
+            .iter()
+            .map(|n| {
+                Ok((
+                    n.id,
+                    n.recipient
+                        .clone()
+                        .context("a node of the pair is not enrolled")?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let vault = state.vault.clone();
+        // Opened in memory only, sealed to each node's own recipient, wiped on drop.
+        sealed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i64, String)>> {
+            let key = vault.open(&armored)?;
+            recipients
+                .into_iter()
+                .map(|(node, recipient)| Ok((node, vault::seal_to(&recipient, &key)?.armored)))
+                .collect()
+        })
+        .await??;
+    }
+    let mut tx = state.db.begin().await?;
+    let claimed = sqlx::query(
+        "UPDATE deploy_jobs SET updated_at = $1 WHERE id = $2 AND config_version IS NULL",
+    )
+    .bind(db::now())
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        // Published already (by an earlier attempt that died before it could say so here).
+        let v: i64 = sqlx::query_scalar("SELECT config_version FROM deploy_jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        return Ok(v);
+    }
+    for (node, armored) in &sealed {
+        sqlx::query(
+            "INSERT INTO node_keys (node_id, certificate_id, sealed_key) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id, certificate_id) DO UPDATE SET sealed_key = excluded.sealed_key",
+        )
+        .bind(node)
+        .bind(job.target)
+        .bind(armored)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE edge_pairs SET config_version = config_version + 1, certificate_id = $1 WHERE id = $2")
+        .bind(job.target)
+        .bind(job.pair_id)
+        .execute(&mut *tx)
+        .await?;
+    let version: i64 = sqlx::query_scalar("SELECT config_version FROM edge_pairs WHERE id = $1")
+        .bind(job.pair_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE deploy_jobs SET config_version = $1 WHERE id = $2")
+        .bind(version)
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.config_changed.notify_waiters();
+    tracing::info!(job = job.id, version, "deploy: configuration published");
+    Ok(version)
+}
+
+/// Waits for both nodes to report `version` applied. `Ok(Err(why))` when they do not in time.
+async fn wait_until_applied(
+    state: &AppState,
+    job: &Job,
+    version: i64,
+) -> anyhow::Result<Result<(), String>> {
+    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+    let mut last_renew = tokio::time::Instant::now();
+    loop {
+        let pair = store::pair(&state.db, job.pair_id).await?;
+        let behind: Vec<String> = pair
+            .nodes
+            .iter()
+            .filter(|n| n.applied_version < version)
+            .map(|n| {
+                format!(
+                    "{}-{} ({})",
+                    pair.name,
+                    n.slot,
+                    n.address.as_deref().unwrap_or("not enrolled")
+                )
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(Ok(()));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(Err(format!(
+                "{} did not apply configuration {version} within {} s; check that `certdrop edge` runs there and reaches the control plane",
+                behind.join(" and "),
+                APPLY_TIMEOUT.as_secs()
+            )));
+        }
+        if last_renew.elapsed() > Duration::from_secs(5) {
+            renew_lease(state, job).await?;
+            last_renew = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Handshakes with each node for each covered domain and records what each served.
+async fn verify_nodes(
+    state: &AppState,
+    job: &Job,
+    kind: TicketKind,
+) -> anyhow::Result<Result<(), String>> {
+    let pair = store::pair(&state.db, job.pair_id).await?;
+    let app_id = pair.app_id.context("the pair lost its app")?;
+    let domains: Vec<String> =
+        sqlx::query_scalar("SELECT hostname FROM domains WHERE app_id = $1 ORDER BY id")
+            .bind(app_id)
+            .fetch_all(&state.db)
+            .await?;
+    let (expected, names) = match job.target {
+        Some(cert) => {
+            let c: (String, String) =
+                sqlx::query_as("SELECT fingerprint_sha256, sans FROM certificates WHERE id = $1")
+                    .bind(cert)
+                    .fetch_one(&state.db)
+                    .await?;
+            let sans: Vec<String> = serde_json::from_str(&c.1)?;
+            let covered: Vec<String> = domains
+                .iter()
+                .filter(|d| sans.iter().any(|s| hostname::covers(s, d)))
+                .cloned()
+                .collect();
+            (Some(c.0), covered)
+        }
+        None => (None, domains),
+    };
+    let mut problems = Vec::new();
+    let now = db::now();
+    for node in &pair.nodes {
+        let address = node.address.clone().unwrap_or_default();
+        for domain in &names {
+            let sni = verify::sni_for(domain);
+            let result = verify::handshake(&address, &sni).await;
+            let (fingerprint, error) = match (&expected, result) {
+                (Some(want), Ok(served)) if &served.fingerprint_sha256 == want => {
+                    (Some(served.fingerprint_sha256), None)
+                }
+                (Some(want), Ok(served)) => (
+                    Some(served.fingerprint_sha256.clone()),
+                    Some(format!(
+                        "served leaf {} instead of the approved {want}",
+                        served.fingerprint_sha256
+                    )),
+                ),
+                (Some(_), Err(e)) => (None, Some(e)),
+                // A removal is verified when the node no longer completes a handshake for the name.
+                (None, Ok(served)) => (
+                    Some(served.fingerprint_sha256),
+                    Some("still serves a certificate after the removal".to_string()),
+                ),
+                (None, Err(_)) => (None, None),
+            };
+            if let Some(e) = &error {
+                problems.push(format!(
+                    "{}-{} ({address}) for {sni}: {e}",
+                    pair.name, node.slot
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO verifications (ticket_id, node_id, hostname, fingerprint_sha256, verified_at, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(job.ticket_id)
+            .bind(node.id)
+            .bind(&sni)
+            .bind(fingerprint)
+            .bind(now)
+            .bind(error)
+            .execute(&state.db)
+            .await?;
+        }
+    }
+    if names.is_empty() && kind != TicketKind::Remove {
+        return Ok(Err(
+            "the certificate covers none of the app's current domains; nothing could be verified"
+                .into(),
+        ));
+    }
+    Ok(if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    })
+}
+
+async fn finish_job(state: &AppState, job: &Job) -> anyhow::Result<()> {
+    sqlx::query("UPDATE deploy_jobs SET state = 'done', updated_at = $1 WHERE id = $2")
+        .bind(db::now())
+        .bind(job.id)
+        .execute(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// Marks the ticket deployed, records the app's new state, bills, mails — in one transaction.
+async fn succeed(
+    state: &AppState,
+    job: &Job,
+    ticket: &tickets::store::Ticket,
+) -> anyhow::Result<()> {
+    let mut tx = state.db.begin().await?;
+    match tickets::store::transition(&mut tx, ticket.id, TicketState::Deployed, None, None).await {
+        Ok(_) => {}
+        Err(err) if err.first_code() == "invalid_transition" => {
+            drop(tx);
+            return finish_job(state, job).await;
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let now = db::now();
+    sqlx::query(
+        "INSERT INTO app_deployments (app_id, certificate_id, ticket_id, deployed_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ticket.app_id)
+    .bind(job.target)
+    .bind(ticket.id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if ticket.kind == TicketKind::Remove {
+        sqlx::query("UPDATE edge_pairs SET app_id = NULL WHERE id = $1")
+            .bind(job.pair_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    crate::billing::record_deployment(&mut tx, state, ticket, job.pair_id, now).await?;
+    let (subject, lines) = match ticket.kind {
+        TicketKind::Remove => (
+            format!("{}: TLS removed and edge pair released", ticket.app),
+            vec![format!(
+                "Your edge pair no longer serves {}; billing for it has stopped.",
+                ticket.app
+            )],
+        ),
+        _ => (
+            format!("{}: certificate deployed and verified", ticket.app),
+            vec![format!(
+                "Your {} ticket for {} is deployed: both edge servers were checked with a TLS handshake and serve the approved certificate.",
+                ticket.kind.as_str(),
+                ticket.app
+            )],
+        ),
+    };
+    let mail = tickets::customer_mail(state, ticket, subject, lines);
+    mail::enqueue(&mut tx, &format!("ticket:{}:deployed", ticket.id), &mail).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(None, "ticket.deployed", "ticket", ticket.id)
+            .app(&ticket.app)
+            .detail(json!({"pair_id": job.pair_id})),
+    )
+    .await?;
+    sqlx::query("UPDATE deploy_jobs SET state = 'done', updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
+    Ok(())
+}
+
+/// Ends the ticket as failed and puts the pair back to what it served before.
+async fn fail(
+    state: &AppState,
+    job: &Job,
+    ticket: &tickets::store::Ticket,
+    why: &str,
+) -> anyhow::Result<()> {
+    let mut tx = state.db.begin().await?;
+    match tickets::store::transition(&mut tx, ticket.id, TicketState::Failed, None, Some(why)).await
+    {
+        Ok(_) => {}
+        Err(err) if err.first_code() == "invalid_transition" => {
+            drop(tx);
+            return finish_job(state, job).await;
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let previous = tickets::store::deployed_certificate(&mut tx, ticket.app_id).await?;
+    match ticket.kind {
+        // Never deployed: the pair goes back to the free pool and serves nothing.
+        TicketKind::Provision => {
+            sqlx::query("UPDATE edge_pairs SET app_id = NULL, certificate_id = NULL, config_version = config_version + 1 WHERE id = $1")
+                .bind(job.pair_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Keep serving what was verified before.
+        _ => {
+            sqlx::query("UPDATE edge_pairs SET certificate_id = $1, config_version = config_version + 1 WHERE id = $2")
+                .bind(previous)
+                .bind(job.pair_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let mail = tickets::customer_mail(
+        state,
+        ticket,
+        format!("Ticket #{} failed", ticket.id),
+        vec![
+            format!(
+                "The {} of {} could not be verified, so it was not completed.",
+                ticket.kind.as_str(),
+                ticket.app
+            ),
+            format!("What went wrong: {why}"),
+            "Staff have been told; the app keeps serving what it served before.".into(),
+        ],
+    );
+    mail::enqueue(&mut tx, &format!("ticket:{}:failed", ticket.id), &mail).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(None, "ticket.failed", "ticket", ticket.id)
+            .app(&ticket.app)
+            .outcome("failed")
+            .detail(json!({"error": why})),
+    )
+    .await?;
+    sqlx::query("UPDATE deploy_jobs SET state = 'done', updated_at = $1 WHERE id = $2")
+        .bind(db::now())
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.config_changed.notify_waiters();
+    state.mail_wake.notify_one();
+    Ok(())
+}

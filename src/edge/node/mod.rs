@@ -1,0 +1,245 @@
+//! `certdrop edge`: one edge node. It keeps its own age identity (never the vault's), enrolls
+//! once with a single-use token, long-polls its configuration, opens its sealed keys in memory
+//! only, and serves them: TLS 1.2/1.3 with SNI, HTTP/1.1 and HTTP/2, proxying to the app's
+//! backend. It keeps serving its last good configuration when the control plane is away, and
+//! after a restart it serves its sealed local copy before it has reached the control plane.
+
+mod proxy;
+mod sites;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use super::{Enrolled, Enrollment, NodeConfig};
+use crate::vault;
+pub use sites::Sites;
+
+pub struct NodeArgs {
+    pub control_plane: String,
+    pub enroll_token: String,
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    control_plane: String,
+    node_id: i64,
+    node_token: String,
+    pair: String,
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The node's running state: what it serves, and the identity that opens its keys.
+pub struct Node {
+    pub sites: ArcSwap<Sites>,
+    identity: age::x25519::Identity,
+    data_dir: PathBuf,
+    /// The TLS port, for X-Forwarded-Port and redirects.
+    pub tls_port: u16,
+}
+
+impl Node {
+    /// Opens the sealed keys of `config` and swaps the whole set in at once (keys and chains
+    /// together); on any error the previous set keeps serving.
+    fn apply(&self, config: &NodeConfig) -> anyhow::Result<()> {
+        let sites = Sites::open(config, &self.identity)?;
+        self.sites.store(Arc::new(sites));
+        write_private(
+            &self.data_dir.join("config.json"),
+            &serde_json::to_vec(config)?,
+        )?;
+        tracing::info!(
+            version = config.version,
+            sites = config.sites.len(),
+            "edge: configuration applied"
+        );
+        Ok(())
+    }
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let identity_path = args.data_dir.join("node-identity.age");
+    if !identity_path.exists() {
+        vault::write_identity(&identity_path, &age::x25519::Identity::generate())?;
+    }
+    let identity = vault::read_identity(&identity_path)?;
+
+    let tls_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let tls_addr = tls_listener.local_addr()?;
+    let http_listener = match args.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--http-listen)"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()?;
+    let creds = credentials(&args, &identity, tls_addr, http_addr, &http).await?;
+
+    let node = Arc::new(Node {
+        sites: ArcSwap::from_pointee(Sites::default()),
+        identity,
+        data_dir: args.data_dir.clone(),
+        tls_port: tls_addr.port(),
+    });
+    let mut applied = 0;
+    if let Ok(bytes) = std::fs::read(args.data_dir.join("config.json")) {
+        match serde_json::from_slice::<NodeConfig>(&bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| node.apply(&c).map(|()| c.version))
+        {
+            Ok(version) => {
+                applied = version;
+                tracing::info!(version, "edge: serving the local copy of the configuration");
+            }
+            Err(err) => tracing::warn!(
+                error = format!("{err:#}"),
+                "edge: the local configuration could not be used"
+            ),
+        }
+    }
+    tracing::info!(tls = %tls_addr, http = ?http_addr, pair = %creds.pair, "certdrop edge is serving");
+
+    let tls = tokio::spawn(proxy::serve_tls(tls_listener, node.clone()));
+    let plain = http_listener.map(|l| tokio::spawn(proxy::serve_http(l, node.clone())));
+    let poll = tokio::spawn(poll_config(node.clone(), creds, http, applied));
+    crate::startup::shutdown_signal().await;
+    tls.abort();
+    poll.abort();
+    if let Some(p) = plain {
+        p.abort();
+    }
+    Ok(())
+}
+
+/// The node's credentials: saved ones, or new ones from spending the enrollment token.
+async fn credentials(
+    args: &NodeArgs,
+    identity: &age::x25519::Identity,
+    tls_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    http: &reqwest::Client,
+) -> anyhow::Result<Credentials> {
+    let path = args.data_dir.join("credentials.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return serde_json::from_slice(&bytes)
+            .context("credentials.json is damaged; remove the data dir and enroll again");
+    }
+    let control_plane = args.control_plane.trim_end_matches('/').to_string();
+    let address = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| tls_addr.to_string());
+    let resp = http
+        .post(format!("{control_plane}/api/v1/edge/enroll"))
+        .json(&Enrollment {
+            enroll_token: args.enroll_token.clone(),
+            recipient: identity.to_public().to_string(),
+            address,
+            http_address: http_addr.map(|a| a.to_string()),
+        })
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the control plane at {control_plane}"))?;
+    if !resp.status().is_success() {
+        bail!(
+            "enrollment refused ({}): {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let enrolled: Enrolled = resp.json().await?;
+    let creds = Credentials {
+        control_plane,
+        node_id: enrolled.node_id,
+        node_token: enrolled.node_token,
+        pair: enrolled.pair,
+    };
+    write_private(&path, &serde_json::to_vec(&creds)?)?;
+    tracing::info!(pair = %creds.pair, "edge: enrolled");
+    Ok(creds)
+}
+
+/// Long-polls the control plane; applies each new version; keeps the last good one on errors.
+async fn poll_config(node: Arc<Node>, creds: Credentials, http: reqwest::Client, mut applied: i64) {
+    let mut failures = 0u32;
+    loop {
+        let result = async {
+            let resp = http
+                .get(format!(
+                    "{}/api/v1/edge/config?applied={applied}&wait=25",
+                    creds.control_plane
+                ))
+                .bearer_auth(&creds.node_token)
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(resp.json::<NodeConfig>().await?)
+        }
+        .await;
+        match result {
+            Ok(config) => {
+                failures = 0;
+                if config.version != applied {
+                    match node.apply(&config) {
+                        Ok(()) => applied = config.version,
+                        Err(err) => {
+                            tracing::error!(
+                                version = config.version,
+                                error = format!("{err:#}"),
+                                "edge: cannot apply configuration; keeping the previous one"
+                            );
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                let wait = Duration::from_millis(250 * 2u64.pow(failures.min(5)));
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "edge: control plane unreachable; serving the last good configuration"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! What a node serves, opened from its configuration: per hostname (exact, or a wildcard that
+//! covers exactly one label) the certified key and where to proxy. Keys are opened from their
+//! age envelope in memory only.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::Context;
+use rustls::{server::ClientHello, sign::CertifiedKey};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::{edge::NodeConfig, vault};
+
+pub struct Site {
+    pub app: String,
+    pub certified: Arc<CertifiedKey>,
+    pub backend: String,
+    pub force_https: bool,
+}
+
+#[derive(Default)]
+pub struct Sites {
+    exact: HashMap<String, Arc<Site>>,
+    /// `example.com` for a site serving `*.example.com`.
+    wildcard: HashMap<String, Arc<Site>>,
+}
+
+impl std::fmt::Debug for Sites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sites")
+            .field("exact", &self.exact.keys())
+            .field("wildcard", &self.wildcard.keys())
+            .finish()
+    }
+}
+
+impl Sites {
+    pub fn open(config: &NodeConfig, identity: &age::x25519::Identity) -> anyhow::Result<Self> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let mut sites = Self::default();
+        for site in &config.sites {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(site.chain_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("{}: the chain is not PEM", site.app))?;
+            let key = vault::open_with(std::slice::from_ref(identity), &site.sealed_key)
+                .with_context(|| {
+                    format!("{}: this node cannot open the key sealed to it", site.app)
+                })?;
+            let der = PrivateKeyDer::from_pem_slice(key.pem().as_bytes())
+                .with_context(|| format!("{}: the key is not PEM", site.app))?;
+            let certified = CertifiedKey::from_der(chain, der, &provider)
+                .with_context(|| format!("{}: key and certificate do not match", site.app))?;
+            let entry = Arc::new(Site {
+                app: site.app.clone(),
+                certified: Arc::new(certified),
+                backend: site.backend_url.trim_end_matches('/').to_string(),
+                force_https: site.force_https,
+            });
+            for host in &site.hostnames {
+                match host.strip_prefix("*.") {
+                    Some(suffix) => sites.wildcard.insert(suffix.to_string(), entry.clone()),
+                    None => sites.exact.insert(host.clone(), entry.clone()),
+                };
+            }
+        }
+        Ok(sites)
+    }
+
+    /// The site for a hostname: an exact match first, then a wildcard one label up.
+    pub fn lookup(&self, host: &str) -> Option<Arc<Site>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(site) = self.exact.get(&host) {
+            return Some(site.clone());
+        }
+        let (first, rest) = host.split_once('.')?;
+        if first.is_empty() {
+            return None;
+        }
+        self.wildcard.get(rest).cloned()
+    }
+}
+
+/// Picks the certificate by SNI from whatever set is current at handshake time.
+#[derive(Debug)]
+pub struct Resolver(pub Arc<super::Node>);
+
+impl std::fmt::Debug for super::Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("tls_port", &self.tls_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        self.0
+            .sites
+            .load()
+            .lookup(name)
+            .map(|s| s.certified.clone())
+    }
+}

@@ -1,0 +1,355 @@
+//! Edge pairs for staff (page, `/api/v1/edge-pairs`) and the node-facing API: enrollment and
+//! the long-polled configuration (which doubles as heartbeat and acknowledgement).
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::{
+    Json, Router,
+    extract::{FromRef, FromRequestParts, Query, State},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::{Enrolled, Enrollment, NodeConfig, Site, store};
+use crate::{
+    accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp},
+    apps::hostname,
+    audit::{self, Entry},
+    error::{AppError, AppResult, ErrorItem},
+    startup::AppState,
+    web::{self, Chrome, FormErrors, PageResult, render_status},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/staff/edge-pairs", get(pairs_page).post(create_pair_page))
+        .route("/api/v1/edge-pairs", get(list_api).post(create_api))
+        .route("/api/v1/edge/enroll", post(enroll_api))
+        .route("/api/v1/edge/config", get(config_api))
+}
+
+fn validate_name(raw: &str) -> AppResult<String> {
+    crate::apps::validate_name(raw).map_err(|_| {
+        AppError::unprocessable(
+            ErrorItem::new(
+                "invalid_pair_name",
+                "A pair name is 3 to 30 lower-case letters, digits and dashes, e.g. edge-eu-1.",
+            )
+            .on("name"),
+        )
+    })
+}
+
+async fn create(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    name: &str,
+) -> AppResult<(i64, String, [String; 2])> {
+    user.require_staff()?;
+    let name = validate_name(name)?;
+    let (id, tokens) = store::create_pair(&state.db, &name).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "edge_pair.created", "edge_pair", &name).ip(ip.0),
+    )
+    .await?;
+    Ok((
+        id,
+        name,
+        tokens.map(|t| t.secret.expose_secret().to_string()),
+    ))
+}
+
+fn pair_json(pair: &store::Pair) -> serde_json::Value {
+    json!({
+        "id": pair.id,
+        "name": pair.name,
+        "app": pair.app,
+        "config_version": pair.config_version,
+        "nodes": pair.nodes.iter().map(|n| json!({
+            "node": format!("{}-{}", pair.name, n.slot),
+            "enrolled": n.enrolled,
+            "address": n.address,
+            "last_seen_at": n.last_seen_at.map(web::rfc3339),
+            "applied_version": n.applied_version,
+            "in_sync": n.applied_version == pair.config_version,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    name: String,
+}
+
+async fn create_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Json(req): Json<CreateRequest>,
+) -> AppResult<Response> {
+    let (id, name, tokens) = create(&state, &user, ip, &req.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "name": name, "enroll_tokens": tokens})),
+    )
+        .into_response())
+}
+
+async fn list_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppResult<Response> {
+    user.require_staff()?;
+    let pairs = store::list_pairs(&state.db).await?;
+    Ok(
+        Json(
+            json!({"items": pairs.iter().map(pair_json).collect::<Vec<_>>(), "next_cursor": null}),
+        )
+        .into_response(),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "edge/pairs.html")]
+struct PairsPage {
+    chrome: Chrome,
+    pairs: Vec<store::Pair>,
+    created: Option<(String, [String; 2])>,
+    control_plane: String,
+    errors: FormErrors,
+    now: i64,
+}
+
+impl PairsPage {
+    fn seen(&self, node: &store::Node) -> String {
+        match node.last_seen_at {
+            None => "never".into(),
+            Some(at) => format!("{} ago", crate::tickets::routes::age(self.now - at)),
+        }
+    }
+
+    fn healthy(&self, node: &store::Node) -> bool {
+        node.last_seen_at.is_some_and(|at| self.now - at < 60)
+    }
+}
+
+async fn render_pairs(
+    state: &AppState,
+    me: &SignedIn,
+    status: StatusCode,
+    created: Option<(String, [String; 2])>,
+    errors: FormErrors,
+) -> PageResult {
+    me.user.require_staff()?;
+    Ok(render_status(
+        status,
+        &PairsPage {
+            chrome: me.chrome().await?,
+            pairs: store::list_pairs(&state.db).await?,
+            created,
+            control_plane: state.base_url.as_str().trim_end_matches('/').to_string(),
+            errors,
+            now: crate::db::now(),
+        },
+    )?)
+}
+
+async fn pairs_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
+    render_pairs(&state, &me, StatusCode::OK, None, FormErrors::default()).await
+}
+
+#[derive(Deserialize)]
+struct CreateForm {
+    name: String,
+}
+
+/// The tokens are shown in this response only, never stored in the clear.
+async fn create_pair_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<CreateForm>,
+) -> PageResult {
+    match create(&state, &me.user, ip, &form.name).await {
+        Ok((_, name, tokens)) => {
+            render_pairs(
+                &state,
+                &me,
+                StatusCode::CREATED,
+                Some((name, tokens)),
+                FormErrors::default(),
+            )
+            .await
+        }
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
+            let status = err.status;
+            render_pairs(&state, &me, status, None, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+// ---- the node-facing API ----
+
+async fn enroll_api(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Json(req): Json<Enrollment>,
+) -> AppResult<Response> {
+    if req.recipient.parse::<age::x25519::Recipient>().is_err() {
+        return Err(AppError::unprocessable(ErrorItem::new(
+            "invalid_recipient",
+            "The node's age recipient is not valid.",
+        )));
+    }
+    if req.address.parse::<std::net::SocketAddr>().is_err() && !req.address.contains(':') {
+        return Err(AppError::unprocessable(ErrorItem::new(
+            "invalid_address",
+            "Advertise the node as HOST:PORT.",
+        )));
+    }
+    let (node, token) = store::enroll(
+        &state.db,
+        &req.enroll_token,
+        &req.recipient,
+        &req.address,
+        req.http_address.as_deref(),
+    )
+    .await?;
+    let pair = store::pair(&state.db, node.pair_id).await?;
+    audit::record(
+        &state.db,
+        Entry::new(
+            None,
+            "edge_node.enrolled",
+            "edge_node",
+            format!("{}-{}", pair.name, node.slot),
+        )
+        .detail(json!({"address": req.address}))
+        .ip(ip.0),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolled {
+            node_id: node.id,
+            node_token: token.secret.expose_secret().to_string(),
+            pair: pair.name,
+        }),
+    )
+        .into_response())
+}
+
+/// A node authenticated by its own token (never a user's).
+pub struct NodeAuth(pub store::Node);
+
+impl<S> FromRequestParts<S> for NodeAuth
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(AppError::unauthorized)?;
+        store::node_by_token(&state.db, token.trim())
+            .await?
+            .map(Self)
+            .ok_or_else(AppError::unauthorized)
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    /// The version the node has applied (0 when it has none).
+    applied: Option<i64>,
+    /// Seconds to wait for a newer version (long-poll), at most 25.
+    wait: Option<u64>,
+}
+
+async fn current_version(state: &AppState, pair_id: i64) -> AppResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT config_version FROM edge_pairs WHERE id = $1")
+            .bind(pair_id)
+            .fetch_one(&state.db)
+            .await?,
+    )
+}
+
+/// Long-poll: answers at once when the pair's configuration is newer than `applied`, else
+/// waits (woken by a local publish, or checking the database every 200 ms, for other
+/// instances) up to `wait` seconds. Each call also records the node's heartbeat.
+async fn config_api(
+    State(state): State<AppState>,
+    NodeAuth(node): NodeAuth,
+    Query(q): Query<ConfigQuery>,
+) -> AppResult<Response> {
+    let applied = q.applied.unwrap_or(0);
+    store::heartbeat(&state.db, node.id, applied).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(25).min(25));
+    loop {
+        let version = current_version(&state, node.pair_id).await?;
+        if version != applied || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(node_config(&state, &node, version).await?).into_response());
+        }
+        let notified = state.config_changed.notified();
+        tokio::select! {
+            () = notified => {},
+            () = tokio::time::sleep(Duration::from_millis(200)) => {},
+        }
+    }
+}
+
+/// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it.
+async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
+    let row = sqlx::query(
+        "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
+         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN certificates c ON c.id = p.certificate_id \
+         LEFT JOIN node_keys k ON k.certificate_id = c.id AND k.node_id = $1 WHERE p.id = $2",
+    )
+    .bind(node.id)
+    .bind(node.pair_id)
+    .fetch_one(&state.db)
+    .await?;
+    let pair: String = row.try_get("pair")?;
+    let mut sites = Vec::new();
+    if let (Some(app_id), Some(sealed_key)) = (
+        row.try_get::<Option<i64>, _>("app_id")?,
+        row.try_get::<Option<String>, _>("sealed_key")?,
+    ) {
+        let sans: Vec<String> =
+            serde_json::from_str(&row.try_get::<String, _>("sans")?).unwrap_or_default();
+        let domains: Vec<String> =
+            sqlx::query_scalar("SELECT hostname FROM domains WHERE app_id = $1 ORDER BY id")
+                .bind(app_id)
+                .fetch_all(&state.db)
+                .await?;
+        sites.push(Site {
+            app: row.try_get("app")?,
+            hostnames: domains
+                .into_iter()
+                .filter(|d| sans.iter().any(|s| hostname::covers(s, d)))
+                .collect(),
+            chain_pem: row.try_get("chain_pem")?,
+            sealed_key,
+            backend_url: row.try_get("backend_url")?,
+            force_https: row.try_get::<i64, _>("force_https")? != 0,
+        });
+    }
+    Ok(NodeConfig {
+        version,
+        pair,
+        sites,
+    })
+}

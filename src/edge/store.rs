@@ -1,0 +1,306 @@
+//! SQL for edge pairs, their nodes, what they serve, deploy jobs and verifications.
+//! Node credentials (enrollment and node tokens) are stored only as SHA-256 hashes.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::{
+    accounts::tokens::{self, NewToken},
+    db::{self, Db},
+    error::{AppError, AppResult},
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Node {
+    pub id: i64,
+    pub pair_id: i64,
+    pub slot: i64,
+    pub enrolled: bool,
+    pub recipient: Option<String>,
+    pub address: Option<String>,
+    pub http_address: Option<String>,
+    pub last_seen_at: Option<i64>,
+    pub applied_version: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Pair {
+    pub id: i64,
+    pub name: String,
+    pub app: Option<String>,
+    pub app_id: Option<i64>,
+    pub config_version: i64,
+    pub certificate_id: Option<i64>,
+    pub nodes: Vec<Node>,
+    pub created_at: i64,
+}
+
+fn node_from_row(row: &sqlx::any::AnyRow) -> Result<Node, sqlx::Error> {
+    Ok(Node {
+        id: row.try_get("id")?,
+        pair_id: row.try_get("pair_id")?,
+        slot: row.try_get("slot")?,
+        enrolled: row
+            .try_get::<Option<String>, _>("node_token_hash")?
+            .is_some(),
+        recipient: row.try_get("recipient")?,
+        address: row.try_get("address")?,
+        http_address: row.try_get("http_address")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        applied_version: row.try_get("applied_version")?,
+    })
+}
+
+const NODE_COLUMNS: &str = "id, pair_id, slot, node_token_hash, recipient, address, http_address, last_seen_at, applied_version";
+
+/// A new pair and its two single-use enrollment tokens (shown once).
+pub async fn create_pair(db: &Db, name: &str) -> AppResult<(i64, [NewToken; 2])> {
+    let mut tx = db.begin().await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO edge_pairs (name, created_at) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(name)
+    .bind(db::now())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if db::is_unique_violation(&e) {
+            AppError::conflict(
+                "pair_name_taken",
+                format!("An edge pair named {name} exists; choose another name."),
+            )
+            .on_field("name")
+        } else {
+            e.into()
+        }
+    })?;
+    let tokens = [tokens::generate(), tokens::generate()];
+    for (slot, token) in tokens.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO edge_nodes (pair_id, slot, enroll_token_hash) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(slot as i64 + 1)
+        .bind(&token.hash)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((id, tokens))
+}
+
+/// Every pair with its nodes (two queries, not one per pair).
+pub async fn list_pairs(db: &Db) -> AppResult<Vec<Pair>> {
+    let rows = sqlx::query(
+        "SELECT p.id, p.name, a.name AS app, p.app_id, p.config_version, p.certificate_id, p.created_at \
+         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id ORDER BY p.id",
+    )
+    .fetch_all(db)
+    .await?;
+    let nodes = sqlx::query(&format!(
+        "SELECT {NODE_COLUMNS} FROM edge_nodes ORDER BY pair_id, slot"
+    ))
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(node_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.try_get("id")?;
+            Ok(Pair {
+                id,
+                name: row.try_get("name")?,
+                app: row.try_get("app")?,
+                app_id: row.try_get("app_id")?,
+                config_version: row.try_get("config_version")?,
+                certificate_id: row.try_get("certificate_id")?,
+                nodes: nodes.iter().filter(|n| n.pair_id == id).cloned().collect(),
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+pub async fn pair(db: &Db, id: i64) -> AppResult<Pair> {
+    list_pairs(db)
+        .await?
+        .into_iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| AppError::not_found("edge pair"))
+}
+
+/// Spends an enrollment token (once) and records the node's recipient and addresses.
+pub async fn enroll(
+    db: &Db,
+    enroll_token: &str,
+    recipient: &str,
+    address: &str,
+    http_address: Option<&str>,
+) -> AppResult<(Node, NewToken)> {
+    let node_token = tokens::generate();
+    let id: Option<i64> = sqlx::query_scalar(
+        "UPDATE edge_nodes SET enroll_token_hash = NULL, node_token_hash = $1, recipient = $2, address = $3, \
+         http_address = $4, enrolled_at = $5, last_seen_at = $5 WHERE enroll_token_hash = $6 RETURNING id",
+    )
+    .bind(&node_token.hash)
+    .bind(recipient)
+    .bind(address)
+    .bind(http_address)
+    .bind(db::now())
+    .bind(tokens::hash(enroll_token))
+    .fetch_optional(db)
+    .await?;
+    let id = id.ok_or_else(|| {
+        AppError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            crate::error::ErrorItem::new(
+                "bad_enroll_token",
+                "This enrollment token is unknown or already used. Ask staff for the pair's tokens, or create a new pair.",
+            ),
+        )
+    })?;
+    Ok((node(db, id).await?, node_token))
+}
+
+pub async fn node(db: &Db, id: i64) -> AppResult<Node> {
+    let row = sqlx::query(&format!(
+        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_one(db)
+    .await?;
+    Ok(node_from_row(&row)?)
+}
+
+pub async fn node_by_token(db: &Db, token: &str) -> AppResult<Option<Node>> {
+    let row = sqlx::query(&format!(
+        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE node_token_hash = $1"
+    ))
+    .bind(tokens::hash(token))
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(node_from_row).transpose()?)
+}
+
+/// Records that a node is alive and which configuration version it has applied.
+pub async fn heartbeat(db: &Db, node_id: i64, applied: i64) -> AppResult<()> {
+    sqlx::query("UPDATE edge_nodes SET last_seen_at = $1, applied_version = $2 WHERE id = $3")
+        .bind(db::now())
+        .bind(applied)
+        .bind(node_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Dedicates a free pair (both nodes enrolled, no app) to an app; `None` when none is free.
+pub async fn assign_free_pair(conn: &mut AnyConnection, app_id: i64) -> AppResult<Option<i64>> {
+    // A concurrent approval may take the pair we picked: pick again a few times.
+    for _ in 0..5 {
+        let candidate: Option<i64> = sqlx::query_scalar(
+            "SELECT p.id FROM edge_pairs p WHERE p.app_id IS NULL \
+             AND (SELECT COUNT(*) FROM edge_nodes n WHERE n.pair_id = p.id AND n.node_token_hash IS NOT NULL) = 2 \
+             ORDER BY p.id LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(pair) = candidate else {
+            return Ok(None);
+        };
+        let taken =
+            sqlx::query("UPDATE edge_pairs SET app_id = $1 WHERE id = $2 AND app_id IS NULL")
+                .bind(app_id)
+                .bind(pair)
+                .execute(&mut *conn)
+                .await?;
+        if taken.rows_affected() == 1 {
+            return Ok(Some(pair));
+        }
+    }
+    Ok(None)
+}
+
+pub async fn pair_of_app(conn: &mut AnyConnection, app_id: i64) -> AppResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM edge_pairs WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// A deploy job for an approved ticket (one per ticket).
+pub async fn create_job(
+    conn: &mut AnyConnection,
+    ticket_id: i64,
+    pair_id: i64,
+    target: Option<i64>,
+) -> AppResult<()> {
+    let now = db::now();
+    sqlx::query(
+        "INSERT INTO deploy_jobs (ticket_id, pair_id, target_certificate_id, state, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'pending', $4, $4)",
+    )
+    .bind(ticket_id)
+    .bind(pair_id)
+    .bind(target)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub node_id: i64,
+    pub node: String,
+    pub address: Option<String>,
+    pub hostname: String,
+    pub fingerprint_sha256: Option<String>,
+    pub verified_at: i64,
+    pub error: Option<String>,
+}
+
+pub async fn verifications(db: &Db, ticket_id: i64) -> AppResult<Vec<Verification>> {
+    let rows = sqlx::query(
+        "SELECT v.node_id, p.name AS pair, n.slot, n.address, v.hostname, v.fingerprint_sha256, v.verified_at, v.error \
+         FROM verifications v JOIN edge_nodes n ON n.id = v.node_id JOIN edge_pairs p ON p.id = n.pair_id \
+         WHERE v.ticket_id = $1 ORDER BY v.id",
+    )
+    .bind(ticket_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Verification {
+                node_id: r.try_get("node_id")?,
+                node: format!(
+                    "{}-{}",
+                    r.try_get::<String, _>("pair")?,
+                    r.try_get::<i64, _>("slot")?
+                ),
+                address: r.try_get("address")?,
+                hostname: r.try_get("hostname")?,
+                fingerprint_sha256: r.try_get("fingerprint_sha256")?,
+                verified_at: r.try_get("verified_at")?,
+                error: r.try_get("error")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+/// The pair a ticket's deploy job runs on, if the ticket was approved.
+pub async fn job_pair(db: &Db, ticket_id: i64) -> AppResult<Option<Pair>> {
+    let pair_id: Option<i64> =
+        sqlx::query_scalar("SELECT pair_id FROM deploy_jobs WHERE ticket_id = $1")
+            .bind(ticket_id)
+            .fetch_optional(db)
+            .await?;
+    match pair_id {
+        Some(id) => Ok(Some(pair(db, id).await?)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,353 @@
+//! Provisioning tickets: customers open them, staff approve or reject them, the deploy worker
+//! carries approved ones out. Every move is a guarded update in one transaction with its
+//! timeline entry, audit entry and mails, so no path can skip a step or lose a notification.
+
+pub mod routes;
+pub mod state;
+pub mod store;
+
+use serde_json::json;
+
+use self::{
+    state::{TicketKind, TicketState},
+    store::Ticket,
+};
+use crate::{
+    accounts::{User, extract::ClientIp},
+    apps::store::App,
+    audit::{self, Entry},
+    certs, edge,
+    error::{AppError, AppResult, ErrorItem},
+    mail::{self, Mail},
+    startup::AppState,
+};
+
+fn ticket_link(state: &AppState, id: i64) -> String {
+    format!("{}tickets/{id}", state.base_url)
+}
+
+/// The message a customer gets when their ticket moves.
+pub fn customer_mail(
+    state: &AppState,
+    ticket: &Ticket,
+    subject: String,
+    paragraphs: Vec<String>,
+) -> Mail {
+    Mail {
+        to: ticket.owner_email.clone(),
+        subject,
+        paragraphs,
+        link: Some((
+            ticket_link(state, ticket.id),
+            format!("Ticket #{}", ticket.id),
+        )),
+    }
+}
+
+/// Opens a ticket for one of the caller's own apps, after checking it makes sense now.
+pub async fn open(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    app: &App,
+    kind: TicketKind,
+    certificate_id: Option<i64>,
+) -> AppResult<Ticket> {
+    if app.owner_id != user.id {
+        return Err(AppError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            ErrorItem::new("forbidden", "Only the app's owner opens its tickets."),
+        ));
+    }
+    let mut conn = state.db.acquire().await?;
+    let serving = store::deployed_certificate(&mut conn, app.id).await?;
+    let holds_pair = edge::store::pair_of_app(&mut conn, app.id).await?.is_some();
+    let certificate_id = match kind {
+        TicketKind::Provision | TicketKind::Update => {
+            let id = certificate_id.ok_or_else(|| {
+                AppError::unprocessable(ErrorItem::new(
+                    "certificate_required",
+                    "Name the uploaded certificate to deploy (certificate_id).",
+                ))
+            })?;
+            let cert = certs::store::find_visible(&state.db, user, id).await?;
+            if cert.app_id != app.id {
+                return Err(AppError::not_found("certificate"));
+            }
+            if cert.not_after < crate::db::now() {
+                return Err(AppError::unprocessable(ErrorItem::new(
+                    "expired",
+                    "This certificate has expired since it was uploaded; upload a current one.",
+                )));
+            }
+            if kind == TicketKind::Provision && (holds_pair || serving.is_some()) {
+                return Err(AppError::conflict(
+                    "already_provisioned",
+                    "This app already has its edge pair; open an update ticket to change its certificate.",
+                ));
+            }
+            if kind == TicketKind::Update {
+                match serving {
+                    None => {
+                        return Err(AppError::conflict(
+                            "not_provisioned",
+                            "This app serves no certificate yet; open a provision ticket first.",
+                        ));
+                    }
+                    Some(current) if current == id => {
+                        return Err(AppError::conflict(
+                            "already_deployed",
+                            "This certificate is the one the app already serves.",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(id)
+        }
+        TicketKind::Rollback => {
+            let current = serving.ok_or_else(|| {
+                AppError::conflict(
+                    "not_provisioned",
+                    "This app serves no certificate, so there is nothing to roll back.",
+                )
+            })?;
+            Some(store::rollback_target(&mut conn, app.id, current).await?.ok_or_else(|| {
+                AppError::conflict(
+                    "nothing_to_roll_back",
+                    "This app has served only its current certificate; there is no earlier one to return to.",
+                )
+            })?)
+        }
+        TicketKind::Remove => {
+            if !holds_pair {
+                return Err(AppError::conflict(
+                    "not_provisioned",
+                    "This app has no edge pair, so there is nothing to remove.",
+                ));
+            }
+            None
+        }
+    };
+    drop(conn);
+
+    let mut tx = state.db.begin().await?;
+    let id = store::insert_open(&mut tx, app.id, kind, certificate_id, user).await?;
+    for (staff_id, email) in store::staff_emails(&mut tx).await? {
+        let mail = Mail {
+            to: email,
+            subject: format!("Ticket #{id}: {} for {}", kind.as_str(), app.name),
+            paragraphs: vec![
+                format!(
+                    "{} opened a {} ticket for the app {}.",
+                    user.email,
+                    kind.as_str(),
+                    app.name
+                ),
+                "Review the certificate and approve or reject it in the staff queue.".into(),
+            ],
+            link: Some((ticket_link(state, id), format!("Ticket #{id}"))),
+        };
+        mail::enqueue(&mut tx, &format!("ticket:{id}:opened:{staff_id}"), &mail).await?;
+    }
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "ticket.opened", "ticket", id)
+            .app(&app.name)
+            .detail(json!({"kind": kind.as_str(), "certificate_id": certificate_id}))
+            .ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
+    store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))
+}
+
+/// Approves an open ticket: assigns a free pair (provision) and queues the deployment.
+pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> AppResult<Ticket> {
+    staff.require_staff()?;
+    let ticket = store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))?;
+    let mut tx = state.db.begin().await?;
+    store::transition(&mut tx, id, TicketState::Approved, Some(staff.id), None).await?;
+    let pair = match ticket.kind {
+        TicketKind::Provision => edge::store::assign_free_pair(&mut tx, ticket.app_id).await?.ok_or_else(|| {
+            AppError::conflict(
+                "no_free_pair",
+                "No free edge pair: every pair is dedicated to an app. Create a pair (Edge pairs page or \
+                 `certdrop edge-pairs:create`), start its two nodes, then approve again.",
+            )
+        })?,
+        _ => edge::store::pair_of_app(&mut tx, ticket.app_id).await?.ok_or_else(|| {
+            AppError::conflict("not_provisioned", "This app no longer holds an edge pair; reject the ticket.")
+        })?,
+    };
+    edge::store::create_job(
+        &mut tx,
+        id,
+        pair,
+        ticket
+            .certificate_id
+            .filter(|_| ticket.kind != TicketKind::Remove),
+    )
+    .await?;
+    let mail = customer_mail(
+        state,
+        &ticket,
+        format!("Ticket #{id} approved: deploying {}", ticket.app),
+        vec![
+            format!("Staff approved your {} ticket for {}.", ticket.kind.as_str(), ticket.app),
+            "certdrop is deploying it to the app's edge pair now and will write again once both servers are verified.".into(),
+        ],
+    );
+    mail::enqueue(&mut tx, &format!("ticket:{id}:approved"), &mail).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(staff), "ticket.approved", "ticket", id)
+            .app(&ticket.app)
+            .detail(json!({"pair_id": pair}))
+            .ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
+    state.deploy_wake.notify_one();
+    store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))
+}
+
+pub async fn reject(
+    state: &AppState,
+    staff: &User,
+    ip: ClientIp,
+    id: i64,
+    reason: &str,
+) -> AppResult<Ticket> {
+    staff.require_staff()?;
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 2000 {
+        return Err(AppError::unprocessable(
+            ErrorItem::new(
+                "reason_required",
+                "Say why the ticket is rejected (up to 2000 characters): the customer reads it.",
+            )
+            .on("reason"),
+        ));
+    }
+    let ticket = store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))?;
+    let mut tx = state.db.begin().await?;
+    store::transition(
+        &mut tx,
+        id,
+        TicketState::Rejected,
+        Some(staff.id),
+        Some(reason),
+    )
+    .await?;
+    let mail = customer_mail(
+        state,
+        &ticket,
+        format!("Ticket #{id} rejected"),
+        vec![
+            format!(
+                "Staff rejected your {} ticket for {}.",
+                ticket.kind.as_str(),
+                ticket.app
+            ),
+            format!("Reason: {reason}"),
+            "Fix what the reason says and open a new ticket.".into(),
+        ],
+    );
+    mail::enqueue(&mut tx, &format!("ticket:{id}:rejected"), &mail).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(staff), "ticket.rejected", "ticket", id)
+            .app(&ticket.app)
+            .detail(json!({"reason": reason}))
+            .ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
+    store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))
+}
+
+/// The customer withdraws their own open ticket.
+pub async fn cancel(state: &AppState, user: &User, ip: ClientIp, id: i64) -> AppResult<Ticket> {
+    let ticket = store::find_visible(&state.db, user, id).await?;
+    if ticket.owner_id != user.id {
+        return Err(AppError::forbidden());
+    }
+    let mut tx = state.db.begin().await?;
+    store::transition(&mut tx, id, TicketState::Cancelled, Some(user.id), None).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "ticket.cancelled", "ticket", id)
+            .app(&ticket.app)
+            .ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    store::find(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))
+}
+
+/// Adds a comment; a staff comment is mailed to the customer.
+pub async fn comment(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    id: i64,
+    body: &str,
+) -> AppResult<()> {
+    let ticket = store::find_visible(&state.db, user, id).await?;
+    let body = body.trim();
+    if body.is_empty() || body.chars().count() > 5000 {
+        return Err(AppError::unprocessable(
+            ErrorItem::new(
+                "comment_required",
+                "Write a comment of 1 to 5000 characters.",
+            )
+            .on("body"),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    store::record_event(&mut tx, id, Some(user.id), None, None, Some(body)).await?;
+    if user.role.is_staff() && user.id != ticket.owner_id {
+        let mail = customer_mail(
+            state,
+            &ticket,
+            format!("New comment on ticket #{id}"),
+            vec![
+                format!(
+                    "{} commented on your {} ticket for {}:",
+                    user.email,
+                    ticket.kind.as_str(),
+                    ticket.app
+                ),
+                body.to_string(),
+            ],
+        );
+        let key = format!("ticket:{id}:comment:{}", uuid::Uuid::new_v4());
+        mail::enqueue(&mut tx, &key, &mail).await?;
+    }
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "ticket.commented", "ticket", id)
+            .app(&ticket.app)
+            .ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
+    Ok(())
+}
