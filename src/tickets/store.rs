@@ -27,8 +27,9 @@ pub struct Ticket {
 }
 
 const COLUMNS: &str = "t.id, t.app_id, a.name AS app, a.owner_id, u.email AS owner_email, t.kind, t.state, \
-    t.certificate_id, t.reason, t.created_at, t.updated_at \
-    FROM tickets t JOIN apps a ON a.id = t.app_id JOIN users u ON u.id = a.owner_id";
+    t.certificate_id, t.reason, t.created_at, t.updated_at";
+const FROM: &str =
+    "FROM tickets t JOIN apps a ON a.id = t.app_id JOIN users u ON u.id = a.owner_id";
 
 fn from_row(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
@@ -189,7 +190,7 @@ async fn current_state(conn: &mut AnyConnection, id: i64) -> AppResult<Option<Ti
 }
 
 pub async fn find(db: &Db, id: i64) -> AppResult<Option<Ticket>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} WHERE t.id = $1"))
+    let row = sqlx::query(&format!("SELECT {COLUMNS} {FROM} WHERE t.id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await?;
@@ -245,7 +246,7 @@ pub async fn list(
     };
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS}, CASE WHEN t.state = 'open' THEN 0 ELSE 1 END AS q_rank, \
-         CASE WHEN t.state = 'open' THEN t.id ELSE -t.id END AS q_key \
+         CASE WHEN t.state = 'open' THEN t.id ELSE -t.id END AS q_key {FROM} \
          WHERE ($1 = 1 OR a.owner_id = $2) \
          AND ($3 IS NULL OR t.state = $3) AND ($4 IS NULL OR t.kind = $4) \
          AND ($5 IS NULL OR a.name = $5) AND ($6 IS NULL OR u.email = $6) \

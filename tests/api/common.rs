@@ -143,6 +143,7 @@ pub struct TestApp {
     pub address: String,
     pub db: Db,
     pub vault: Arc<certdrop::vault::Vault>,
+    pub state: certdrop::startup::AppState,
     pub data_dir: TempDir,
     pub database: TestDatabase,
     _server: tokio::task::JoinHandle<()>,
@@ -155,6 +156,13 @@ impl TestApp {
 
     /// Spawns with a configuration adjusted by `tweak` (e.g. an SMTP URL).
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        // TEST_LOG=debug shows the server's logs in a failing test's output.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let data_dir = tempfile::tempdir().expect("temp dir");
         let database = TestDatabase::new(backend, data_dir.path()).await?;
         let mut config = Config::for_data_dir(data_dir.path()).expect("default config");
@@ -167,6 +175,7 @@ impl TestApp {
         let address = format!("http://{}", app.address());
         let db = app.state().db.clone();
         let vault = app.state().vault.clone();
+        let state = app.state().clone();
         let server = tokio::spawn(async move {
             app.run_until(std::future::pending())
                 .await
@@ -176,6 +185,7 @@ impl TestApp {
             address,
             db,
             vault,
+            state,
             data_dir,
             database,
             _server: server,
@@ -622,4 +632,34 @@ pub fn certdrop_command(
     }
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+impl TestApp {
+    /// A staff member's API client, an edge pair, and two enrolled nodes that are not running
+    /// (for tests of the control plane alone). Returns the staff client.
+    pub async fn staff_with_idle_pair(&self, staff_email: &str) -> Api {
+        let staff = self
+            .api_user(staff_email, certdrop::accounts::Role::Staff)
+            .await;
+        self.idle_pair(&staff, "pair-a").await;
+        staff
+    }
+
+    pub async fn idle_pair(&self, staff: &Api, name: &str) {
+        let pair = staff
+            .post("/api/v1/edge-pairs", serde_json::json!({"name": name}))
+            .await;
+        assert_eq!(pair.status, StatusCode::CREATED, "{}", pair.body);
+        for token in pair.json["enroll_tokens"].as_array().unwrap() {
+            let recipient = age::x25519::Identity::generate().to_public().to_string();
+            let resp = self
+                .api_anonymous()
+                .post(
+                    "/api/v1/edge/enroll",
+                    serde_json::json!({"enroll_token": token, "recipient": recipient, "address": "127.0.0.1:9"}),
+                )
+                .await;
+            assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        }
+    }
 }

@@ -8,5 +8,8 @@ mod certs;
 mod cli;
 mod health;
 mod keyscan;
+mod mail;
 mod pki;
+mod smtp;
+mod tickets;
 mod vault;
