@@ -31,8 +31,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/apps", get(list_apps_api).post(create_app_api))
         .route(
             "/api/v1/apps/{app}",
-            get(show_app_api).delete(delete_app_api),
+            get(show_app_api)
+                .delete(delete_app_api)
+                .patch(update_app_api),
         )
+        .route("/apps/{app}/settings", post(settings_page))
         .route(
             "/api/v1/apps/{app}/domains",
             get(list_domains_api).post(add_domain_api),
@@ -116,6 +119,45 @@ async fn delete_app(state: &AppState, user: &User, ip: ClientIp, app: &App) -> A
     .await
 }
 
+/// Changes the backend URL and/or "force HTTPS"; a served app's edge pair picks it up at once.
+async fn update_app(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    app: &App,
+    force_https: Option<bool>,
+    backend: Option<&str>,
+) -> AppResult<()> {
+    if app.owner_id != user.id {
+        return Err(AppError::forbidden());
+    }
+    let backend = backend
+        .map(|b| {
+            validate_backend(b).map_err(|m| {
+                AppError::unprocessable(ErrorItem::new("invalid_backend_url", m).on("backend_url"))
+            })
+        })
+        .transpose()?;
+    store::update(&state.db, app, force_https, backend.as_deref()).await?;
+    republish(state, app).await?;
+    audit::record(
+        &state.db,
+        Entry::new(Some(user), "app.updated", "app", &app.name)
+            .app(&app.name)
+            .detail(json!({"force_https": force_https, "backend_url": backend}))
+            .ip(ip.0),
+    )
+    .await
+}
+
+/// Tells the app's edge pair (if it has one) to fetch its configuration again.
+async fn republish(state: &AppState, app: &App) -> AppResult<()> {
+    if crate::edge::store::bump_config_of_app(&state.db, app.id).await? {
+        state.config_changed.notify_waiters();
+    }
+    Ok(())
+}
+
 async fn add_domain(
     state: &AppState,
     user: &User,
@@ -127,6 +169,7 @@ async fn add_domain(
         AppError::unprocessable(ErrorItem::new("invalid_hostname", m).on("hostname"))
     })?;
     let domain = store::add_domain(&state.db, app, &host).await?;
+    republish(state, app).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "domain.added", "domain", &host)
@@ -148,6 +191,7 @@ async fn remove_domain(
     if !store::remove_domain(&state.db, app, &host).await? {
         return Err(AppError::not_found("domain"));
     }
+    republish(state, app).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "domain.removed", "domain", &host)
@@ -551,4 +595,76 @@ async fn remove_domain_api(
     let app = store::find_visible(&state.db, &user, &name).await?;
     remove_domain(&state, &user, ip, &app, &host).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct UpdateAppRequest {
+    force_https: Option<bool>,
+    backend_url: Option<String>,
+}
+
+async fn update_app_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateAppRequest>,
+) -> AppResult<Response> {
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    update_app(
+        &state,
+        &user,
+        ip,
+        &app,
+        req.force_https,
+        req.backend_url.as_deref(),
+    )
+    .await?;
+    let app = store::find_visible(&state.db, &user, &name).await?;
+    let domains = store::domains(&state.db, &app).await?;
+    Ok(Json(AppJson::new(
+        app,
+        domains.into_iter().map(|d| d.hostname).collect(),
+    ))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct SettingsForm {
+    backend_url: String,
+    force_https: Option<String>,
+}
+
+async fn settings_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(name): Path<String>,
+    CsrfForm(form): CsrfForm<SettingsForm>,
+) -> PageResult {
+    let app = store::find_visible(&state.db, &me.user, &name).await?;
+    match update_app(
+        &state,
+        &me.user,
+        ip,
+        &app,
+        Some(form.force_https.is_some()),
+        Some(&form.backend_url),
+    )
+    .await
+    {
+        Ok(()) => {
+            web::flash(
+                &me.session,
+                "ok",
+                "Settings saved; the edge servers pick them up within a second.",
+            )
+            .await?;
+            Ok(see_other(&format!("/apps/{}", app.name)))
+        }
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
+            render_app_page(&state, &me, app, err.status, String::new(), err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
 }

@@ -117,12 +117,20 @@ pub async fn delete(db: &Db, app: &App) -> AppResult<()> {
     Ok(())
 }
 
-pub async fn set_force_https(db: &Db, app: &App, on: bool) -> AppResult<()> {
-    sqlx::query("UPDATE apps SET force_https = $1 WHERE id = $2")
-        .bind(i64::from(on))
-        .bind(app.id)
-        .execute(db)
-        .await?;
+pub async fn update(
+    db: &Db,
+    app: &App,
+    force_https: Option<bool>,
+    backend_url: Option<&str>,
+) -> AppResult<()> {
+    sqlx::query(
+        "UPDATE apps SET force_https = COALESCE($1, force_https), backend_url = COALESCE($2, backend_url) WHERE id = $3",
+    )
+    .bind(force_https.map(i64::from))
+    .bind(backend_url)
+    .bind(app.id)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

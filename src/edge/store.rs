@@ -304,3 +304,14 @@ pub async fn job_pair(db: &Db, ticket_id: i64) -> AppResult<Option<Pair>> {
         None => Ok(None),
     }
 }
+
+/// Bumps the configuration version of the pair serving `app_id`, if any, so its nodes fetch
+/// the app's settings again. Returns whether a pair was told.
+pub async fn bump_config_of_app(db: &Db, app_id: i64) -> AppResult<bool> {
+    let done =
+        sqlx::query("UPDATE edge_pairs SET config_version = config_version + 1 WHERE app_id = $1")
+            .bind(app_id)
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() > 0)
+}

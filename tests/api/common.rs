@@ -663,3 +663,15 @@ impl TestApp {
         }
     }
 }
+
+impl Api {
+    /// A JSON PATCH; returns the status.
+    pub async fn multipart_free_patch(&self, path: &str, body: Value) -> StatusCode {
+        self.req(reqwest::Method::PATCH, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+}

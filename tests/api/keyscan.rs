@@ -13,7 +13,7 @@ use crate::{
 
 /// Every form in which public bytes (a certificate, which holds the public half of a key) may
 /// legitimately be stored: a fragment found in here proves nothing.
-fn public_forms(der: &[u8]) -> Vec<u8> {
+pub fn public_forms(der: &[u8]) -> Vec<u8> {
     let mut out = der.to_vec();
     out.extend(hex::encode(der).into_bytes());
     out.extend(hex::encode_upper(der).into_bytes());
@@ -26,7 +26,7 @@ fn public_forms(der: &[u8]) -> Vec<u8> {
 /// Fragments that would betray a key: its PEM lines, and windows of its DER as raw bytes,
 /// base64 (at every alignment) and hex, less those that are public (EC and Ed25519 private
 /// keys carry their public point, which the certificate carries too).
-fn fragments(key_pem: &str, public: &[u8]) -> Vec<Vec<u8>> {
+pub fn fragments(key_pem: &str, public: &[u8]) -> Vec<Vec<u8>> {
     fragments_of(key_pem)
         .into_iter()
         .filter(|n| !public.windows(n.len()).any(|w| w == n.as_slice()))
@@ -60,13 +60,13 @@ fn fragments_of(key_pem: &str) -> Vec<Vec<u8>> {
     out
 }
 
-fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<usize> {
+pub fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<usize> {
     needles
         .iter()
         .position(|n| haystack.windows(n.len()).any(|w| w == n.as_slice()))
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

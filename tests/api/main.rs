@@ -6,6 +6,8 @@ mod accounts;
 mod apps;
 mod certs;
 mod cli;
+mod edge;
+mod edge_support;
 mod health;
 mod keyscan;
 mod mail;

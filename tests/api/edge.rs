@@ -1,0 +1,297 @@
+//! Edge pairs end to end: a control plane, two real `certdrop edge` processes and a backend on
+//! loopback; provision → update → rollback → remove through the API, each step checked from
+//! outside with verifying TLS clients (rustls here, curl as a second opinion).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use certdrop::accounts::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    common::{Api, require_or_skip},
+    db_test,
+    edge_support::{EdgeNode, echo_backend, get_json, https_client, roots, tls_check},
+    keyscan,
+    pki::{self, Alg},
+};
+
+pub async fn wait_ticket(api: &Api, id: i64, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = api.get(&format!("/api/v1/tickets/{id}")).await.json;
+        let state = t["state"].as_str().unwrap_or("").to_string();
+        if state == want {
+            return t;
+        }
+        assert!(
+            state != "failed" && state != "rejected",
+            "ticket #{id} ended {state}: {}",
+            t["reason"]
+        );
+        assert!(Instant::now() < deadline, "ticket #{id} is still {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn start_pair(app_address: &str, staff: &Api, name: &str) -> [EdgeNode; 2] {
+    let pair = staff
+        .post("/api/v1/edge-pairs", json!({"name": name}))
+        .await;
+    assert_eq!(pair.status, StatusCode::CREATED, "{}", pair.body);
+    let tokens: Vec<String> = pair.json["enroll_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let nodes = [
+        EdgeNode::start(app_address, &tokens[0]),
+        EdgeNode::start(app_address, &tokens[1]),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pairs = staff.get("/api/v1/edge-pairs").await.json;
+        let enrolled = pairs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["enrolled"] == true && !n["last_seen_at"].is_null());
+        if enrolled {
+            return nodes;
+        }
+        assert!(Instant::now() < deadline, "the nodes did not enroll");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn open_and_approve(
+    customer: &Api,
+    staff: &Api,
+    kind: &str,
+    cert: Option<i64>,
+) -> (i64, Value) {
+    let resp = customer
+        .post(
+            "/api/v1/tickets",
+            json!({"app": "shop", "kind": kind, "certificate_id": cert}),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    let id = resp.json["id"].as_i64().unwrap();
+    let resp = staff
+        .post(&format!("/api/v1/tickets/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    (id, wait_ticket(customer, id, "deployed").await)
+}
+
+/// Both nodes serve `leaf` (and its intermediate) for every name, checked by verifying clients.
+async fn assert_serving(nodes: &[EdgeNode; 2], root_pem: &str, leaf_fp: &str) {
+    let roots = roots(root_pem);
+    for node in nodes {
+        for sni in ["www.example.com", "api.shop.example.com"] {
+            let (chain, version) = tls_check(node.tls, sni, roots.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{sni} on {}: {e}", node.tls));
+            assert_eq!(chain[0], leaf_fp, "{sni} on {}", node.tls);
+            assert_eq!(chain.len(), 2, "leaf and intermediate are served");
+            assert!(version.contains("TLSv1_3"), "{version}");
+        }
+    }
+}
+
+/// `curl --resolve` against a node, as the old docs told customers to check.
+fn curl_check(node: &EdgeNode, root_pem: &str) -> Option<Value> {
+    let available = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require_or_skip("curl", available) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("root.pem");
+    std::fs::write(&ca, root_pem).unwrap();
+    let port = node.tls.port();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--http1.1",
+            "--resolve",
+            &format!("www.example.com:{port}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(&ca)
+        .arg(format!("https://www.example.com:{port}/from-curl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+db_test! {
+    async fn provision_update_rollback_and_remove_end_to_end(app) {
+        let staff = app.api_user("sam@example.com", Role::Staff).await;
+        let nodes = start_pair(&app.address, &staff, "edge-a").await;
+        let backend = echo_backend().await;
+        let ann = app.api_user("ann@example.com", Role::Customer).await;
+        let resp = ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
+        assert_eq!(resp.status, StatusCode::CREATED);
+        for host in ["www.example.com", "*.shop.example.com"] {
+            ann.post("/api/v1/apps/shop/domains", json!({"hostname": host})).await;
+        }
+        let root = pki::root("Edge Test Root");
+        let inter = pki::intermediate("Edge Test Intermediate", &root);
+        let names = ["www.example.com", "*.shop.example.com"];
+        let a = pki::leaf(&names, &inter, Alg::P256);
+        let b = pki::leaf(&names, &inter, Alg::Rsa2048);
+        let a_id = ann.upload("shop", a.cert_pem.as_bytes(), a.key_pem.as_bytes(), inter.pem().as_bytes()).await.json["id"].as_i64().unwrap();
+
+        // Provision: a dedicated pair, both nodes verified by handshake.
+        let (_, ticket) = open_and_approve(&ann, &staff, "provision", Some(a_id)).await;
+        let deployment = &ticket["deployment"];
+        assert_eq!(deployment["pair"], "edge-a");
+        for node in deployment["nodes"].as_array().unwrap() {
+            assert_eq!(node["state"], "verified", "{deployment}");
+            assert_eq!(node["fingerprint_sha256"], a.fingerprint());
+            assert!(node["verified_at"].as_str().unwrap().ends_with('Z'));
+        }
+        assert!(deployment["verifications"].as_array().unwrap().len() >= 4, "two nodes × two names");
+        assert_serving(&nodes, &root.pem(), &a.fingerprint()).await;
+
+        // Through the proxy: HTTP/2 over TLS, with the forwarded headers.
+        for node in &nodes {
+            let client = https_client("www.example.com", node.tls, &root.pem(), true);
+            let (status, version, echo) = get_json(&client, &format!("https://www.example.com:{}/hello?x=1", node.tls.port())).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(version, reqwest::Version::HTTP_2, "ALPN negotiates h2");
+            assert_eq!(echo["path"], "/hello");
+            assert_eq!(echo["x-forwarded-proto"], "https");
+            assert_eq!(echo["x-forwarded-for"], "127.0.0.1");
+            assert_eq!(echo["x-forwarded-port"], node.tls.port().to_string());
+            if let Some(echo) = curl_check(node, &root.pem()) {
+                assert_eq!(echo["x-forwarded-proto"], "https");
+                assert_eq!(echo["path"], "/from-curl");
+            }
+        }
+        // Plain HTTP is proxied until the app forces HTTPS, then redirected.
+        let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let resp = plain.get(format!("http://{}/plain", nodes[0].http)).header("host", "www.example.com").send().await.unwrap();
+        assert_eq!(resp.json::<Value>().await.unwrap()["x-forwarded-proto"], "http");
+        assert_eq!(ann.multipart_free_patch("/api/v1/apps/shop", json!({"force_https": true})).await, StatusCode::OK);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = plain.get(format!("http://{}/plain?q=1", nodes[0].http)).header("host", "www.example.com").send().await.unwrap();
+            if resp.status() == StatusCode::MOVED_PERMANENTLY {
+                let location = resp.headers()["location"].to_str().unwrap().to_string();
+                assert_eq!(location, format!("https://www.example.com:{}/plain?q=1", nodes[0].tls.port()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "force HTTPS never reached the node");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Update under continuous load: no request fails while the certificate is swapped.
+        let b_id = ann.upload("shop", b.cert_pem.as_bytes(), b.key_pem.as_bytes(), inter.pem().as_bytes()).await.json["id"].as_i64().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut load = Vec::new();
+        for (i, node) in nodes.iter().chain(nodes.iter()).chain(nodes.iter()).enumerate() {
+            // Keep-alive clients (connections live across the swap) and fresh connections.
+            let client = https_client("www.example.com", node.tls, &root.pem(), i % 3 != 2);
+            let url = format!("https://www.example.com:{}/load", node.tls.port());
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let good = match client.get(&url).send().await {
+                        Ok(r) => r.status() == StatusCode::OK && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if good {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, ticket) = open_and_approve(&ann, &staff, "update", Some(b_id)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in load {
+            task.await.unwrap();
+        }
+        println!("update under load: {} requests, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the update");
+        assert!(ok.load(Ordering::Relaxed) > 50);
+        assert_eq!(ticket["deployment"]["nodes"][0]["fingerprint_sha256"], b.fingerprint());
+        assert_serving(&nodes, &root.pem(), &b.fingerprint()).await;
+
+        // A restarted node serves its sealed local copy and re-pulls.
+        let [n1, n2] = nodes;
+        let n1 = n1.restart(&app.address);
+        let nodes = [n1, n2];
+        assert_serving(&nodes, &root.pem(), &b.fingerprint()).await;
+
+        // Rollback: back to the previously deployed certificate.
+        let rollback = ann.post("/api/v1/tickets", json!({"app": "shop", "kind": "rollback"})).await;
+        assert_eq!(rollback.json["certificate_id"], a_id, "{}", rollback.body);
+        let id = rollback.json["id"].as_i64().unwrap();
+        staff.post(&format!("/api/v1/tickets/{id}/approve"), json!({})).await;
+        wait_ticket(&ann, id, "deployed").await;
+        assert_serving(&nodes, &root.pem(), &a.fingerprint()).await;
+        let certs = ann.get("/api/v1/apps/shop/certs").await.json;
+        let status = |id: i64| certs["items"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap()["status"].clone();
+        assert_eq!(status(a_id), "deployed");
+        assert_eq!(status(b_id), "previous");
+
+        // Remove: TLS stops on both nodes and the pair is free again.
+        let (_, ticket) = open_and_approve(&ann, &staff, "remove", None).await;
+        assert_eq!(ticket["deployment"]["nodes"][0]["state"], "verified");
+        for node in &nodes {
+            assert!(tls_check(node.tls, "www.example.com", roots(&root.pem())).await.is_err(), "no certificate is served any more");
+        }
+        assert_eq!(app.count("SELECT COUNT(*) FROM edge_pairs WHERE app_id IS NULL").await, 1);
+        let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM billing_events ORDER BY id").fetch_all(&app.db).await.unwrap();
+        assert_eq!(kinds, ["edge_pair.provisioned", "edge_pair.released"], "update and rollback bill nothing");
+        assert_eq!(ann.delete("/api/v1/apps/shop").await.status, StatusCode::NO_CONTENT, "a released app can be deleted");
+
+        // No plaintext key in either node's data directory.
+        let mut public = Vec::new();
+        let mut needles = Vec::new();
+        for leaf in [&a, &b] {
+            public.extend(keyscan::public_forms(&leaf.der));
+        }
+        for leaf in [&a, &b] {
+            needles.extend(keyscan::fragments(&leaf.key_pem, &public));
+        }
+        for node in &nodes {
+            let files = keyscan::files_under(node.data_dir.path());
+            assert!(files.iter().any(|f| f.ends_with("config.json")));
+            for file in files {
+                let bytes = std::fs::read(&file).unwrap();
+                assert_eq!(keyscan::find_any(&bytes, &needles), None, "a key fragment is in {}", file.display());
+            }
+            let log = std::fs::read(&node.log).unwrap();
+            assert_eq!(keyscan::find_any(&log, &needles), None, "a key fragment is in the node's log");
+        }
+    }
+}
