@@ -295,3 +295,211 @@ db_test! {
         }
     }
 }
+
+/// The control plane is killed in the middle of a deployment (configuration published, one node
+/// still to apply it); after a restart the job finishes once: no second deployment, no second
+/// bill, no lost ticket. Meanwhile the node that had applied it keeps serving.
+async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Backend) {
+    use crate::common::{ServerProcess, TestDatabase, certdrop_command};
+    let data = tempfile::tempdir().unwrap();
+    let Some(database) = TestDatabase::new(backend, data.path()).await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("CERTDROP_LISTEN", listen.as_str())];
+    let mut server = ServerProcess::start(data.path(), &database.url, &env);
+    let cli_env = vec![
+        ("CERTDROP_DATA_DIR", data.path().display().to_string()),
+        ("CERTDROP_DATABASE_URL", database.url.clone()),
+    ];
+    let mut tokens = Vec::new();
+    for (email, role) in [
+        ("ann@example.com", "customer"),
+        ("sam@example.com", "staff"),
+    ] {
+        let out = certdrop_command(
+            &[
+                "users:create",
+                "--email",
+                email,
+                "--role",
+                role,
+                "--password-stdin",
+            ],
+            &cli_env,
+            Some("correct horse battery\n"),
+        );
+        assert!(out.status.success());
+        let token = server
+            .api(None)
+            .post(
+                "/api/v1/tokens",
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await
+            .json["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tokens.push(token);
+    }
+    let (ann, staff) = (
+        server.api(Some(tokens[0].clone())),
+        server.api(Some(tokens[1].clone())),
+    );
+    let nodes = start_pair(&server.address, &staff, "edge-k").await;
+    let backend_addr = echo_backend().await;
+    ann.post(
+        "/api/v1/apps",
+        json!({"name": "shop", "backend_url": format!("http://{backend_addr}")}),
+    )
+    .await;
+    ann.post(
+        "/api/v1/apps/shop/domains",
+        json!({"hostname": "www.example.com"}),
+    )
+    .await;
+    let root = pki::root("Crash Test Root");
+    let leaf = pki::leaf(&["www.example.com"], &root, Alg::P256);
+    let cert = ann
+        .upload(
+            "shop",
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            b"",
+        )
+        .await
+        .json["id"]
+        .as_i64()
+        .unwrap();
+    let id = ann
+        .post(
+            "/api/v1/tickets",
+            json!({"app": "shop", "kind": "provision", "certificate_id": cert}),
+        )
+        .await
+        .json["id"]
+        .as_i64()
+        .unwrap();
+
+    // Node 2 is frozen, so the deployment cannot finish before the crash.
+    nodes[1].signal("-STOP");
+    assert_eq!(
+        staff
+            .post(&format!("/api/v1/tickets/{id}/approve"), json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&database.url).await.unwrap();
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        "SELECT COUNT(*) FROM deploy_jobs WHERE state = 'running' AND config_version IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deployment never published its configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Node 1 has applied it; then the control plane dies without any chance to clean up.
+    let roots = roots(&root.pem());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tls_check(nodes[0].tls, "www.example.com", roots.clone())
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never applied the configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tickets WHERE state = 'deploying'").await,
+        1,
+        "killed mid-deployment"
+    );
+
+    // With the control plane away, node 1 keeps serving its last good configuration.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (chain, _) = tls_check(nodes[0].tls, "www.example.com", roots.clone())
+        .await
+        .unwrap();
+    assert_eq!(chain[0], leaf.fingerprint());
+
+    nodes[1].signal("-CONT");
+    let server = ServerProcess::start(data.path(), &database.url, &env);
+    let ann = server.api(Some(tokens[0].clone()));
+    let ticket = wait_ticket(&ann, id, "deployed").await;
+    for node in ticket["deployment"]["nodes"].as_array().unwrap() {
+        assert_eq!(node["state"], "verified");
+    }
+    for node in &nodes {
+        let (chain, _) = tls_check(node.tls, "www.example.com", roots.clone())
+            .await
+            .unwrap();
+        assert_eq!(chain[0], leaf.fingerprint());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM deploy_jobs WHERE state = 'done' AND attempts = 2").await,
+        1,
+        "claimed again once, after the crash"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM app_deployments").await,
+        1,
+        "deployed once"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM billing_events").await,
+        1,
+        "billed once"
+    );
+    assert_eq!(
+        count("SELECT config_version FROM edge_pairs").await,
+        1,
+        "the configuration was published once"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM ticket_events WHERE to_state = 'deployed'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM mail_outbox WHERE idempotency_key LIKE '%:deployed'").await,
+        1,
+        "mailed once"
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_survives_a_control_plane_crash_on_sqlite() {
+    a_deployment_survives_a_control_plane_crash(crate::common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_survives_a_control_plane_crash_on_postgres() {
+    a_deployment_survives_a_control_plane_crash(crate::common::Backend::Postgres).await;
+}
