@@ -4,6 +4,7 @@ mod common;
 
 mod accounts;
 mod apps;
+mod billing;
 mod certs;
 mod cli;
 mod edge;
