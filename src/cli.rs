@@ -209,8 +209,7 @@ pub enum Command {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    // One TLS provider for the whole process, whichever library builds a TLS config.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    crate::startup::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -67,6 +67,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024 + 64 * 1024;
 impl Application {
     /// Prepares the data directory and database and binds the listener; nothing is served yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        install_crypto_provider();
         create_private_dir(&config.data_dir)?;
         let vault = Vault::open_or_create(&config.vault_identity)?;
         let trust = TrustStore::load(config.extra_trust_roots.as_deref())?;
@@ -274,6 +275,11 @@ async fn fallback(uri: Uri) -> Response {
     } else {
         PageError(AppError::not_found("page")).into_response()
     }
+}
+
+/// One TLS provider (aws-lc-rs) for the whole process, whichever library builds a TLS config.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Completes on ctrl-c or SIGTERM.

@@ -17,7 +17,7 @@ db_test! {
         assert!(h("content-security-policy").contains("default-src 'none'"));
         assert!(!h("content-security-policy").contains("unsafe-inline"));
         assert_eq!(h("x-frame-options"), "DENY");
-        assert_eq!(h("referrer-policy"), "no-referrer");
+        assert_eq!(h("referrer-policy"), "same-origin");
         assert!(!h("x-request-id").is_empty());
     }
 }

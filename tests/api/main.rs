@@ -5,6 +5,7 @@ mod common;
 mod accounts;
 mod apps;
 mod billing;
+mod browser;
 mod certs;
 mod cli;
 mod edge;
