@@ -125,7 +125,16 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
         match tickets::store::transition(&mut tx, ticket.id, TicketState::Deploying, None, None)
             .await
         {
-            Ok(_) => tx.commit().await?,
+            Ok(_) => {
+                audit::record(
+                    &mut *tx,
+                    Entry::new(None, "ticket.deploying", "ticket", ticket.id)
+                        .app(&ticket.app)
+                        .detail(json!({"pair_id": job.pair_id, "attempt": "started"})),
+                )
+                .await?;
+                tx.commit().await?
+            }
             Err(err) if err.first_code() == "invalid_transition" => {}
             Err(err) => return Err(err.into()),
         }

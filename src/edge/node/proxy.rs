@@ -145,11 +145,7 @@ pub async fn serve_tls(listener: TcpListener, node: Arc<Node>) {
             else {
                 return;
             };
-            let site = tls
-                .get_ref()
-                .1
-                .server_name()
-                .and_then(|name| node.sites.load().lookup(name));
+            let site = node.sites.load().for_sni(tls.get_ref().1.server_name());
             let Some(site) = site else { return };
             let port = node.tls_port;
             let service = service_fn(move |req| {

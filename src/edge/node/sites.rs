@@ -66,6 +66,22 @@ impl Sites {
         Ok(sites)
     }
 
+    /// The site for a client that sent no SNI: a dedicated pair serves one app, so that app's
+    /// site when there is exactly one (as nginx's default server would).
+    pub fn only(&self) -> Option<Arc<Site>> {
+        let mut all = self.exact.values().chain(self.wildcard.values());
+        let first = all.next()?;
+        all.all(|s| Arc::ptr_eq(s, first)).then(|| first.clone())
+    }
+
+    /// The site for a TLS client hello's SNI (or its absence).
+    pub fn for_sni(&self, sni: Option<&str>) -> Option<Arc<Site>> {
+        match sni {
+            Some(name) => self.lookup(name),
+            None => self.only(),
+        }
+    }
+
     /// The site for a hostname: an exact match first, then a wildcard one label up.
     pub fn lookup(&self, host: &str) -> Option<Arc<Site>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -94,11 +110,10 @@ impl std::fmt::Debug for super::Node {
 
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?;
         self.0
             .sites
             .load()
-            .lookup(name)
+            .for_sni(hello.server_name())
             .map(|s| s.certified.clone())
     }
 }
