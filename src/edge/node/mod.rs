@@ -93,10 +93,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let identity = vault::read_identity(&identity_path)?;
 
-    let tls_listener = TcpListener::bind(args.listen)
-        .await
+    // One TLS listener per core (SO_REUSEPORT): each serves its connections on its own
+    // single-threaded runtime, like nginx's worker processes, with no cross-thread hand-offs.
+    let first = proxy::bind_reuseport(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    let tls_addr = tls_listener.local_addr()?;
+    let tls_addr = first.local_addr()?;
+    let mut tls_listeners = vec![first];
+    for _ in 1..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        tls_listeners.push(proxy::bind_reuseport(tls_addr)?);
+    }
     let http_listener = match args.http_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -136,11 +141,26 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(tls = %tls_addr, http = ?http_addr, pair = %creds.pair, "certdrop edge is serving");
 
-    let tls = tokio::spawn(proxy::serve_tls(tls_listener, node.clone()));
+    for listener in tls_listeners {
+        let node = node.clone();
+        std::thread::Builder::new()
+            .name("edge-tls".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a TLS worker runtime");
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => proxy::serve_tls(listener, node).await,
+                        Err(err) => tracing::error!(error = %err, "edge: TLS worker cannot listen"),
+                    }
+                });
+            })?;
+    }
     let plain = http_listener.map(|l| tokio::spawn(proxy::serve_http(l, node.clone())));
     let poll = tokio::spawn(poll_config(node.clone(), creds, http, applied));
     crate::startup::shutdown_signal().await;
-    tls.abort();
     poll.abort();
     if let Some(p) = plain {
         p.abort();
