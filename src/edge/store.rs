@@ -91,15 +91,28 @@ pub async fn create_pair(db: &Db, name: &str) -> AppResult<(i64, [NewToken; 2])>
 
 /// Every pair with its nodes (two queries, not one per pair).
 pub async fn list_pairs(db: &Db) -> AppResult<Vec<Pair>> {
+    pairs_where(db, None).await
+}
+
+pub async fn pair(db: &Db, id: i64) -> AppResult<Pair> {
+    pairs_where(db, Some(id))
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found("edge pair"))
+}
+
+async fn pairs_where(db: &Db, id: Option<i64>) -> AppResult<Vec<Pair>> {
     let rows = sqlx::query(
         "SELECT p.id, p.name, a.name AS app, p.app_id, p.config_version, p.certificate_id, p.created_at \
-         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id ORDER BY p.id",
+         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id WHERE ($1 IS NULL OR p.id = $1) ORDER BY p.id",
     )
+    .bind(id)
     .fetch_all(db)
     .await?;
     let nodes = sqlx::query(&format!(
-        "SELECT {NODE_COLUMNS} FROM edge_nodes ORDER BY pair_id, slot"
+        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE ($1 IS NULL OR pair_id = $1) ORDER BY pair_id, slot"
     ))
+    .bind(id)
     .fetch_all(db)
     .await?
     .iter()
@@ -121,14 +134,6 @@ pub async fn list_pairs(db: &Db) -> AppResult<Vec<Pair>> {
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Into::into)
-}
-
-pub async fn pair(db: &Db, id: i64) -> AppResult<Pair> {
-    list_pairs(db)
-        .await?
-        .into_iter()
-        .find(|p| p.id == id)
-        .ok_or_else(|| AppError::not_found("edge pair"))
 }
 
 /// Spends an enrollment token (once) and records the node's recipient and addresses.

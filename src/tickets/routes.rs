@@ -91,8 +91,8 @@ pub async fn deployment(
     Ok(Some((pair.name, nodes, checks)))
 }
 
-pub async fn ticket_json(state: &AppState, ticket: &Ticket) -> AppResult<Value> {
-    let mut body = json!({
+fn ticket_summary(ticket: &Ticket) -> Value {
+    json!({
         "id": ticket.id,
         "app": ticket.app,
         "kind": ticket.kind,
@@ -101,7 +101,11 @@ pub async fn ticket_json(state: &AppState, ticket: &Ticket) -> AppResult<Value> 
         "reason": ticket.reason,
         "created_at": web::rfc3339(ticket.created_at),
         "updated_at": web::rfc3339(ticket.updated_at),
-    });
+    })
+}
+
+pub async fn ticket_json(state: &AppState, ticket: &Ticket) -> AppResult<Value> {
+    let mut body = ticket_summary(ticket);
     if let Some((pair, nodes, checks)) = deployment(state, ticket).await? {
         body["deployment"] = json!({
             "pair": pair,
@@ -172,10 +176,9 @@ async fn list_api(
     Query(filter): Query<Filter>,
 ) -> AppResult<Response> {
     let (tickets, next) = store::list(&state.db, &user, &filter, 50).await?;
-    let mut items = Vec::new();
-    for t in &tickets {
-        items.push(ticket_json(&state, t).await?);
-    }
+    // A listing carries no deployment details (one query for the page, not three per ticket);
+    // `GET /api/v1/tickets/{id}` has them.
+    let items: Vec<Value> = tickets.iter().map(ticket_summary).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
 }
 

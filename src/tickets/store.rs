@@ -164,8 +164,22 @@ pub async fn transition(
 }
 
 fn refused_move(id: i64, now: TicketState, to: TicketState) -> AppError {
+    // How far along the approval path a state is: a ticket already past `to` has been there.
+    let step = |s: TicketState| match s {
+        TicketState::Open => 0,
+        TicketState::Approved => 1,
+        TicketState::Deploying => 2,
+        TicketState::Deployed | TicketState::Failed => 3,
+        TicketState::Rejected | TicketState::Cancelled => -1,
+    };
     let message = if now == to {
         format!("Ticket #{id} is already {}.", now.as_str())
+    } else if step(to) > 0 && step(now) > step(to) {
+        format!(
+            "Ticket #{id} is already {} (it is {} now).",
+            to.as_str(),
+            now.as_str()
+        )
     } else {
         format!(
             "Ticket #{id} is {} and cannot become {}{}.",
