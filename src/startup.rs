@@ -53,6 +53,8 @@ pub struct AppState {
     pub deploy_wake: Arc<Notify>,
     /// Wakes nodes' long-polls when a pair's configuration changes.
     pub config_changed: Arc<Notify>,
+    /// Turns true when the server begins to shut down, so long-polls answer at once.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub struct Application {
@@ -95,6 +97,7 @@ impl Application {
             mail_wake: Arc::new(Notify::new()),
             deploy_wake: Arc::new(Notify::new()),
             config_changed: Arc::new(Notify::new()),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let transport = mail::worker::Transport::from_config(&state.config)?;
         let from: lettre::message::Mailbox = state
@@ -144,7 +147,13 @@ impl Application {
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown({
+            let stopping = self.state.stopping.clone();
+            async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            }
+        })
         .await;
         for worker in workers {
             worker.abort();

@@ -298,9 +298,10 @@ async fn config_api(
     let applied = q.applied.unwrap_or(0);
     store::heartbeat(&state.db, node.id, applied).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(25).min(25));
+    let stopping = state.stopping.subscribe();
     loop {
         let version = current_version(&state, node.pair_id).await?;
-        if version != applied || tokio::time::Instant::now() >= deadline {
+        if version != applied || tokio::time::Instant::now() >= deadline || *stopping.borrow() {
             return Ok(Json(node_config(&state, &node, version).await?).into_response());
         }
         let notified = state.config_changed.notified();
