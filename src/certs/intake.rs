@@ -279,7 +279,7 @@ pub fn check(
             if !errors.iter().any(|e| e.field == Some("private_key")) {
                 errors.push(problem(
                     codes::NO_PRIVATE_KEY,
-                    "No private key found. Add the key generated with your certificate request (the PEM block that starts with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----).",
+                    "No private key found. Add the key generated with your certificate request (the PEM block whose first line reads BEGIN PRIVATE KEY, or BEGIN RSA PRIVATE KEY).",
                 ));
             }
             None

