@@ -160,17 +160,14 @@ pub async fn open(
     .await?;
     tx.commit().await?;
     state.mail_wake.notify_one();
-    store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))
+    store::get(&state.db, id).await
 }
 
 /// Approves an open ticket: assigns a free pair (provision) and queues the deployment.
 pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> AppResult<Ticket> {
+    // A ticket the caller cannot see is a 404 before it is a 403, as for any object.
+    let ticket = store::find_visible(&state.db, staff, id).await?;
     staff.require_staff()?;
-    let ticket = store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))?;
     let mut tx = state.db.begin().await?;
     store::transition(&mut tx, id, TicketState::Approved, Some(staff.id), None).await?;
     let pair = match ticket.kind {
@@ -215,9 +212,7 @@ pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> A
     tx.commit().await?;
     state.mail_wake.notify_one();
     state.deploy_wake.notify_one();
-    store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))
+    store::get(&state.db, id).await
 }
 
 pub async fn reject(
@@ -227,6 +222,7 @@ pub async fn reject(
     id: i64,
     reason: &str,
 ) -> AppResult<Ticket> {
+    let ticket = store::find_visible(&state.db, staff, id).await?;
     staff.require_staff()?;
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > 2000 {
@@ -238,9 +234,6 @@ pub async fn reject(
             .on("reason"),
         ));
     }
-    let ticket = store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))?;
     let mut tx = state.db.begin().await?;
     store::transition(
         &mut tx,
@@ -275,9 +268,7 @@ pub async fn reject(
     .await?;
     tx.commit().await?;
     state.mail_wake.notify_one();
-    store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))
+    store::get(&state.db, id).await
 }
 
 /// The customer withdraws their own open ticket.
@@ -296,9 +287,7 @@ pub async fn cancel(state: &AppState, user: &User, ip: ClientIp, id: i64) -> App
     )
     .await?;
     tx.commit().await?;
-    store::find(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::not_found("ticket"))
+    store::get(&state.db, id).await
 }
 
 /// Adds a comment; a staff comment is mailed to the customer.

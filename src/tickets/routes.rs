@@ -17,7 +17,7 @@ use super::{
     store::{self, Filter, Ticket, TicketEvent},
 };
 use crate::{
-    accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
+    accounts::{ApiUser, SignedIn, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
     apps,
     certs::{self, store::Certificate},
     edge::{self, store::Verification},
@@ -191,18 +191,12 @@ async fn show_api(
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
 
-/// A staff action on a ticket the caller cannot even see is a 404, like any other object.
-async fn visible(state: &AppState, user: &User, id: i64) -> AppResult<Ticket> {
-    store::find_visible(&state.db, user, id).await
-}
-
 async fn approve_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     ip: ClientIp,
     Path(id): Path<i64>,
 ) -> AppResult<Response> {
-    visible(&state, &user, id).await?;
     let ticket = super::approve(&state, &user, ip, id).await?;
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
@@ -219,7 +213,6 @@ async fn reject_api(
     Path(id): Path<i64>,
     Json(req): Json<ReasonRequest>,
 ) -> AppResult<Response> {
-    visible(&state, &user, id).await?;
     let ticket = super::reject(&state, &user, ip, id, &req.reason).await?;
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
@@ -493,7 +486,6 @@ async fn approve_page(
     Path(id): Path<i64>,
     CsrfForm(_): CsrfForm<NoFields>,
 ) -> PageResult {
-    visible(&state, &me.user, id).await?;
     let result = super::approve(&state, &me.user, ip, id).await.map(|_| ());
     after_action(
         &state,
@@ -517,7 +509,6 @@ async fn reject_page(
     Path(id): Path<i64>,
     CsrfForm(form): CsrfForm<ReasonForm>,
 ) -> PageResult {
-    visible(&state, &me.user, id).await?;
     let result = super::reject(&state, &me.user, ip, id, &form.reason)
         .await
         .map(|_| ());

@@ -211,6 +211,13 @@ pub async fn find(db: &Db, id: i64) -> AppResult<Option<Ticket>> {
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
+/// A ticket that must exist (it was just written, or named by a job).
+pub async fn get(db: &Db, id: i64) -> AppResult<Ticket> {
+    find(db, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("ticket"))
+}
+
 /// A ticket if `user` may see it: tickets of their own apps, or any for staff. 404 otherwise.
 pub async fn find_visible(db: &Db, user: &User, id: i64) -> AppResult<Ticket> {
     match find(db, id).await? {

@@ -54,16 +54,16 @@ db_test! {
         ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
         ann.post("/api/v1/apps/shop/domains", json!({"hostname": "www.example.com"})).await;
         let leaf = pki::leaf(&["www.example.com"], &pki::root("Billing Root"), Alg::P256);
-        let cert = ann.upload("shop", leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), b"").await.json["id"].as_i64().unwrap();
+        let cert = ann.upload_id("shop", &leaf, b"").await;
 
-        let id = ann.post("/api/v1/tickets", json!({"app": "shop", "kind": "provision", "certificate_id": cert})).await.json["id"].as_i64().unwrap();
+        let id = ann.open_ticket("shop", "provision", Some(cert)).await;
         // Two staff approve at once: one approval, one deployment, one bill.
         let path = format!("/api/v1/tickets/{id}/approve");
         let (a, b) = tokio::join!(staff.post(&path, json!({})), sue.post(&path, json!({})));
         assert!(a.status == StatusCode::OK || b.status == StatusCode::OK);
         wait_ticket(&ann, id, "deployed").await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        let id = ann.post("/api/v1/tickets", json!({"app": "shop", "kind": "remove"})).await.json["id"].as_i64().unwrap();
+        let id = ann.open_ticket("shop", "remove", None).await;
         staff.post(&format!("/api/v1/tickets/{id}/approve"), json!({})).await;
         wait_ticket(&ann, id, "deployed").await;
 

@@ -448,7 +448,7 @@ db_test! {
     async fn certificates_are_private_to_their_app_and_keys_to_their_owner(app) {
         let ann = customer_with_app(&app, &["www.example.com"]).await;
         let leaf = pki::leaf(&["www.example.com"], &pki::root("Test Root"), Alg::P256);
-        let id = ann.upload("shop", leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), b"").await.json["id"].as_i64().unwrap();
+        let id = ann.upload_id("shop", &leaf, b"").await;
         let bob = app.api_user("bob@example.com", Role::Customer).await;
         assert_eq!(bob.get(&format!("/api/v1/certs/{id}")).await.status, StatusCode::NOT_FOUND);
         assert_eq!(bob.get("/api/v1/apps/shop/certs").await.status, StatusCode::NOT_FOUND);

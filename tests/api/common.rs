@@ -666,12 +666,40 @@ impl TestApp {
 
 impl Api {
     /// A JSON PATCH; returns the status.
-    pub async fn multipart_free_patch(&self, path: &str, body: Value) -> StatusCode {
+    pub async fn patch(&self, path: &str, body: Value) -> StatusCode {
         self.req(reqwest::Method::PATCH, path)
             .json(&body)
             .send()
             .await
             .unwrap()
             .status()
+    }
+}
+
+impl Api {
+    /// Uploads a generated leaf and its key (and `chain`) to `app`; returns the certificate id.
+    pub async fn upload_id(&self, app: &str, leaf: &crate::pki::Leaf, chain: &[u8]) -> i64 {
+        let resp = self
+            .upload(
+                app,
+                leaf.cert_pem.as_bytes(),
+                leaf.key_pem.as_bytes(),
+                chain,
+            )
+            .await;
+        assert!(resp.status.is_success(), "{}", resp.body);
+        resp.json["id"].as_i64().unwrap()
+    }
+
+    /// Opens a ticket; returns its id.
+    pub async fn open_ticket(&self, app: &str, kind: &str, certificate_id: Option<i64>) -> i64 {
+        let resp = self
+            .post(
+                "/api/v1/tickets",
+                serde_json::json!({"app": app, "kind": kind, "certificate_id": certificate_id}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        resp.json["id"].as_i64().unwrap()
     }
 }

@@ -162,7 +162,7 @@ db_test! {
         let names = ["www.example.com", "*.shop.example.com"];
         let a = pki::leaf(&names, &inter, Alg::P256);
         let b = pki::leaf(&names, &inter, Alg::Rsa2048);
-        let a_id = ann.upload("shop", a.cert_pem.as_bytes(), a.key_pem.as_bytes(), inter.pem().as_bytes()).await.json["id"].as_i64().unwrap();
+        let a_id = ann.upload_id("shop", &a, inter.pem().as_bytes()).await;
 
         // Provision: a dedicated pair, both nodes verified by handshake.
         let (_, ticket) = open_and_approve(&ann, &staff, "provision", Some(a_id)).await;
@@ -195,7 +195,7 @@ db_test! {
         let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let resp = plain.get(format!("http://{}/plain", nodes[0].http)).header("host", "www.example.com").send().await.unwrap();
         assert_eq!(resp.json::<Value>().await.unwrap()["x-forwarded-proto"], "http");
-        assert_eq!(ann.multipart_free_patch("/api/v1/apps/shop", json!({"force_https": true})).await, StatusCode::OK);
+        assert_eq!(ann.patch("/api/v1/apps/shop", json!({"force_https": true})).await, StatusCode::OK);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let resp = plain.get(format!("http://{}/plain?q=1", nodes[0].http)).header("host", "www.example.com").send().await.unwrap();
@@ -209,7 +209,7 @@ db_test! {
         }
 
         // Update under continuous load: no request fails while the certificate is swapped.
-        let b_id = ann.upload("shop", b.cert_pem.as_bytes(), b.key_pem.as_bytes(), inter.pem().as_bytes()).await.json["id"].as_i64().unwrap();
+        let b_id = ann.upload_id("shop", &b, inter.pem().as_bytes()).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut load = Vec::new();
@@ -366,26 +366,8 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
     .await;
     let root = pki::root("Crash Test Root");
     let leaf = pki::leaf(&["www.example.com"], &root, Alg::P256);
-    let cert = ann
-        .upload(
-            "shop",
-            leaf.cert_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            b"",
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
-    let id = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "provision", "certificate_id": cert}),
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
+    let cert = ann.upload_id("shop", &leaf, b"").await;
+    let id = ann.open_ticket("shop", "provision", Some(cert)).await;
 
     // Node 2 is frozen, so the deployment cannot finish before the crash.
     nodes[1].signal("-STOP");

@@ -23,17 +23,7 @@ async fn ticket_for(app: &TestApp) -> (crate::common::Api, i64) {
     let ann = app.api_user("ann@example.com", Role::Customer).await;
     ann.create_app("shop", &["www.example.com"]).await;
     let leaf = pki::leaf(&["www.example.com"], &pki::root("Test Root"), Alg::P256);
-    let cert = ann
-        .upload(
-            "shop",
-            leaf.cert_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            b"",
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
+    let cert = ann.upload_id("shop", &leaf, b"").await;
     (ann, cert)
 }
 
@@ -45,15 +35,7 @@ async fn staff_are_mailed_when_a_ticket_opens_and_customers_when_it_moves(backen
     let staff = app.staff_with_idle_pair("sam@example.com").await;
     app.api_user("ada@example.com", Role::Admin).await;
     let (ann, cert) = ticket_for(&app).await;
-    let id = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "provision", "certificate_id": cert}),
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
+    let id = ann.open_ticket("shop", "provision", Some(cert)).await;
 
     let staff_mails = smtp
         .wait_for_all(&format!("Ticket #{id}: provision for shop"), 2)
@@ -92,26 +74,8 @@ async fn staff_are_mailed_when_a_ticket_opens_and_customers_when_it_moves(backen
     // A second ticket, rejected: the customer reads the reason.
     ann.create_app("blog", &["blog.example.com"]).await;
     let leaf = pki::leaf(&["blog.example.com"], &pki::root("Test Root"), Alg::P256);
-    let cert = ann
-        .upload(
-            "blog",
-            leaf.cert_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            b"",
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
-    let id2 = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "blog", "kind": "provision", "certificate_id": cert}),
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
+    let cert = ann.upload_id("blog", &leaf, b"").await;
+    let id2 = ann.open_ticket("blog", "provision", Some(cert)).await;
     staff
         .post(
             &format!("/api/v1/tickets/{id2}/reject"),
@@ -247,17 +211,7 @@ async fn expiry_reminders_go_out_once_per_threshold() {
             to_days: 10,
         },
     );
-    let cert = ann
-        .upload(
-            "shop",
-            leaf.cert_pem.as_bytes(),
-            leaf.key_pem.as_bytes(),
-            b"",
-        )
-        .await
-        .json["id"]
-        .as_i64()
-        .unwrap();
+    let cert = ann.upload_id("shop", &leaf, b"").await;
     // The certificate is served: as a deployed provision ticket leaves it.
     let mut tx = app.db.begin().await.unwrap();
     sqlx::query("INSERT INTO tickets (app_id, kind, state, certificate_id, opened_by, created_at, updated_at) VALUES (1, 'provision', 'deployed', $1, 1, 0, 0)")
