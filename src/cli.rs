@@ -43,6 +43,15 @@ pub enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Set a user's role from the server shell (server side): the root of trust for raising
+    /// roles on one-admin installs (in the browser a raise takes two admins).
+    #[command(name = "users:role")]
+    UsersRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["customer", "staff", "admin"])]
+        role: String,
+    },
     /// Reseal every stored key to a new vault identity, then retire the old one (server side).
     #[command(name = "vault:rotate")]
     VaultRotate,
@@ -55,6 +64,9 @@ pub enum Command {
         email: Option<String>,
         #[arg(long)]
         password_stdin: bool,
+        /// The authenticator code (staff and admins; asked for at the terminal otherwise).
+        #[arg(long)]
+        otp: Option<String>,
     },
     /// List your apps.
     Apps {
@@ -154,7 +166,12 @@ pub enum Command {
     },
     /// Approve an open ticket (staff).
     #[command(name = "tickets:approve")]
-    TicketsApprove { id: i64 },
+    TicketsApprove {
+        id: i64,
+        /// A current authenticator code (asked for when the last one is over 10 minutes old).
+        #[arg(long)]
+        otp: Option<String>,
+    },
     /// Reject an open ticket with a reason the customer reads (staff).
     #[command(name = "tickets:reject")]
     TicketsReject {
@@ -171,6 +188,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Confirm an enrolled node after comparing the fingerprint it printed at start (admin).
+    #[command(name = "edge-nodes:confirm")]
+    EdgeNodesConfirm {
+        id: i64,
+        /// The fingerprint the node printed, e.g. SHA256:…
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long)]
+        otp: Option<String>,
+    },
+    /// Revoke a node (a stolen or retired machine): it gets nothing more (admin).
+    #[command(name = "edge-nodes:revoke")]
+    EdgeNodesRevoke {
+        id: i64,
+        #[arg(long)]
+        otp: Option<String>,
+    },
+    /// Issue a new enrollment token for a node that never enrolled or was revoked (staff).
+    #[command(name = "edge-nodes:token")]
+    EdgeNodesToken { id: i64 },
+    /// Print this edge machine's key fingerprint and recipient, creating its identity if needed
+    /// (server side, on the edge machine; for `fleet:attest`).
+    #[command(name = "edge:identity")]
+    EdgeIdentity {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Create a fleet attestation key: the private key goes to FILE, the public key to
+    /// CERTDROP_FLEET_PUBLIC_KEY (run on the operator's provisioning machine).
+    #[command(name = "fleet:keygen")]
+    FleetKeygen {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign an edge node's recipient with the fleet key; the node enrolls with --attestation.
+    #[command(name = "fleet:attest")]
+    FleetAttest {
+        /// The node's age recipient (age1…), as `certdrop edge:identity` prints it.
+        recipient: String,
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
     /// Run one edge node: a TLS terminator for its pair's app (server side).
     Edge {
         #[arg(long)]
@@ -186,6 +245,9 @@ pub enum Command {
         advertise: Option<String>,
         #[arg(long)]
         data_dir: std::path::PathBuf,
+        /// A file holding the fleet key's attestation of this node (`certdrop fleet:attest`).
+        #[arg(long)]
+        attestation: Option<std::path::PathBuf>,
     },
     /// Export a month's billing statement for all customers (server side).
     #[command(name = "billing:export")]
@@ -251,6 +313,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             init_logging("warn");
             users_create(&email, &role, password_stdin).await
         }
+        Command::UsersRole { email, role } => {
+            init_logging("warn");
+            users_role(&email, &role).await
+        }
         Command::VaultRotate => {
             init_logging("warn");
             vault_rotate().await
@@ -262,8 +328,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             http_listen,
             advertise,
             data_dir,
+            attestation,
         } => {
             init_logging("info");
+            let attestation = attestation
+                .map(|path| {
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("--attestation: cannot read {}", path.display()))
+                        .map(|text| text.trim().to_string())
+                })
+                .transpose()?;
             crate::edge::node::run(crate::edge::node::NodeArgs {
                 control_plane,
                 enroll_token,
@@ -271,8 +345,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 http_listen,
                 advertise,
                 data_dir,
+                attestation,
             })
             .await
+        }
+        Command::EdgeIdentity { data_dir } => {
+            let recipient = crate::edge::node::load_identity(&data_dir)?
+                .to_public()
+                .to_string();
+            println!(
+                "fingerprint {}\nrecipient {recipient}",
+                crate::edge::recipient_fingerprint(&recipient)
+            );
+            Ok(())
+        }
+        Command::FleetKeygen { out } => fleet_keygen(&out),
+        Command::FleetAttest { recipient, key } => {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&key)
+                    .with_context(|| format!("--key: cannot read {}", key.display()))?,
+            );
+            println!("{}", crate::edge::fleet::attest(&pem, &recipient)?);
+            Ok(())
         }
         Command::BillingExport { month, format } => {
             init_logging("warn");
@@ -315,6 +409,17 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
     let db = db::connect(&config).await?;
     let hash = password::hash(secret.clone()).await?;
     let user = store::create_user(&db, &email, &hash, role).await?;
+    // Staff and admins sign in with a second factor: enrol it now, shown once to the operator.
+    let second_factor = if role.is_staff() {
+        let vault = crate::vault::Vault::open_or_create(&config.vault_identity)?;
+        Some(
+            accounts::second_factor::enrol_now(&db, &vault, user.id)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message()))?,
+        )
+    } else {
+        None
+    };
     audit::record(
         &db,
         Entry::new(None, "user.created", "user", user.id)
@@ -329,6 +434,70 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
             secret.expose_secret()
         );
     }
+    if let Some((totp, codes)) = second_factor {
+        println!(
+            "Second factor (shown once): add this to an authenticator app; sign-in asks for its codes."
+        );
+        println!("{}", totp.otpauth_uri(&user.email).as_str());
+        println!("Recovery codes (each works once, shown once):");
+        for code in &codes {
+            println!("  {}", code.as_str());
+        }
+    }
+    Ok(())
+}
+
+async fn users_role(email: &str, role: &str) -> anyhow::Result<()> {
+    let email = accounts::normalize_email(email).map_err(anyhow::Error::msg)?;
+    let role = Role::parse(role).context("role must be customer, staff or admin")?;
+    let config = Config::from_env()?;
+    let db = db::connect(&config).await?;
+    let user = store::find_user_by_email(&db, &email)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message()))?
+        .with_context(|| format!("no user {email}"))?;
+    let before = store::set_role(&db, user.id, role)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message()))?
+        .with_context(|| format!("no user {email}"))?;
+    audit::record(
+        &db,
+        Entry::new(None, "user.role_changed", "user", user.id).detail(
+            serde_json::json!({"from": before.as_str(), "to": role.as_str(), "via": "cli"}),
+        ),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.message()))?;
+    println!(
+        "{email} is now {} (was {}).{}",
+        role.as_str(),
+        before.as_str(),
+        if role.is_staff() {
+            " They set up their authenticator at their next sign-in in the browser."
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn fleet_keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (private, public) = crate::edge::fleet::generate()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", out.display()))?;
+    file.write_all(private.as_bytes())?;
+    file.sync_all()?;
+    println!(
+        "Fleet key written to {} (keep it offline, with your provisioning).",
+        out.display()
+    );
+    println!("Configure the control plane with:\nCERTDROP_FLEET_PUBLIC_KEY={}", public.encoded());
     Ok(())
 }
 

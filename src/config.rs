@@ -31,6 +31,11 @@ pub struct Config {
     pub extra_trust_roots: Option<PathBuf>,
     pub pair_price_cents: i64,
     pub currency: String,
+    /// The person who created or confirmed a pair may not approve deployments of keys to it.
+    /// Off only for one-person installs (`CERTDROP_SEPARATION_OF_DUTIES=false`).
+    pub separation_of_duties: bool,
+    /// With a fleet key, nodes enroll only with an attestation signed by it, which confirms them.
+    pub fleet_public_key: Option<crate::edge::fleet::FleetPublicKey>,
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -65,7 +70,15 @@ impl Config {
         let extra_trust_roots = read_var("CERTDROP_EXTRA_TRUST_ROOTS")?;
         let price = read_var("CERTDROP_PAIR_PRICE_CENTS")?.unwrap_or_else(|| "2000".into());
         let currency = read_var("CERTDROP_CURRENCY")?.unwrap_or_else(|| "USD".into());
-        Self::build(
+        let separation_of_duties = match read_var("CERTDROP_SEPARATION_OF_DUTIES")?.as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => bail!("CERTDROP_SEPARATION_OF_DUTIES: `{other}` is neither true nor false"),
+        };
+        let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
+            .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
+            .transpose()?;
+        let mut config = Self::build(
             data_dir,
             database_url,
             &listen,
@@ -76,7 +89,10 @@ impl Config {
             extra_trust_roots,
             &price,
             currency,
-        )
+        )?;
+        config.separation_of_duties = separation_of_duties;
+        config.fleet_public_key = fleet_public_key;
+        Ok(config)
     }
 
     /// A configuration for a data directory with every other setting at its default.
@@ -163,6 +179,8 @@ impl Config {
             extra_trust_roots,
             pair_price_cents,
             currency,
+            separation_of_duties: true,
+            fleet_public_key: None,
         })
     }
 

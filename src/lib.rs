@@ -25,8 +25,10 @@ pub mod edge;
 pub mod error;
 /// The durable mail outbox, its sender and the expiry reminders.
 pub mod mail;
-/// State, router, serving and shutdown.
+/// Router assembly, serving, workers and shutdown.
 pub mod startup;
+/// `AppState`: what every handler and worker can reach.
+pub mod state;
 /// Provisioning tickets: the state machine, the staff queue, comments.
 pub mod tickets;
 /// The sealed vault: the only road from a plaintext key to storage.

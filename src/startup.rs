@@ -24,38 +24,17 @@ use url::Url;
 
 use crate::{
     accounts::{self, Viewer, ratelimit::LoginLimiter, session_store::DbSessionStore},
+    state::AppState,
     apps, audit, billing,
     certs::{self, trust::TrustStore},
     config::Config,
-    db::{self, Db},
+    db,
     edge,
     error::AppError,
     mail, tickets,
     vault::Vault,
     web::{self, PageError},
 };
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub config: Arc<Config>,
-    /// Where users reach certdrop: links in mails, the Origin check, the cookie's `Secure`.
-    pub base_url: Url,
-    /// `scheme://host[:port]` of `base_url`, as browsers send it in `Origin`.
-    pub base_origin: String,
-    pub login_limiter: Arc<LoginLimiter>,
-    pub vault: Arc<Vault>,
-    pub trust: Arc<TrustStore>,
-    /// Wakes the mail sender when a message is queued.
-    pub mail_wake: Arc<Notify>,
-    /// Wakes the deploy worker when a ticket is approved.
-    pub deploy_wake: Arc<Notify>,
-    /// Wakes nodes' long-polls when a pair's configuration changes.
-    pub config_changed: Arc<Notify>,
-    /// Turns true when the server begins to shut down, so long-polls answer at once.
-    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
-}
 
 pub struct Application {
     listener: TcpListener,
@@ -226,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.css", get(web::stylesheet))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(accounts::routes::router())
+        .merge(accounts::second_factor_routes::router())
         .merge(apps::routes::router())
         .merge(audit::routes::router())
         .merge(certs::routes::router())

@@ -14,7 +14,7 @@ use tower_sessions::Session;
 use crate::{
     accounts::User,
     error::{AppError, AppResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// The signed-in user as the layout shows them.
@@ -323,6 +323,16 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+/// A JSON body that may be left out entirely (`{}` assumed), for actions with optional fields.
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        AppError::bad_request("invalid_json", format!("The request body is not the JSON expected: {e}"))
+    })
 }
 
 /// A `next` parameter is followed only to a local path: never `//host` or `\\host` (no open redirect).

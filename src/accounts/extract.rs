@@ -9,10 +9,14 @@ use axum::{
 };
 use tower_sessions::Session;
 
-use super::{User, store, tokens};
+use super::{
+    User,
+    second_factor::{self, ApiTokenId, Credential, SESSION_FACTOR_AT},
+    store, tokens,
+};
 use crate::{
     error::AppError,
-    startup::AppState,
+    state::AppState,
     web::{Chrome, PageError},
 };
 
@@ -46,10 +50,21 @@ where
             .get::<i64>(USER_KEY)
             .await
             .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
-        let user = match user_id {
+        let mut user = match user_id {
             Some(id) => store::find_user(&state.db, id).await?,
             None => None,
         };
+        // Staff and admins act only from a session that proved a second factor (one that
+        // signed in as a customer and was promoted since must sign in again).
+        if user.as_ref().is_some_and(|u| u.role.is_staff())
+            && session
+                .get::<i64>(SESSION_FACTOR_AT)
+                .await
+                .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?
+                .is_none()
+        {
+            user = None;
+        }
         if user.is_some() {
             keep_alive(&session);
         }
@@ -100,7 +115,9 @@ where
     }
 }
 
-/// An API request authenticated by `Authorization: Bearer cdp_…`.
+/// An API request authenticated by `Authorization: Bearer cdp_…`. A staff or admin token
+/// counts only if it was created with a second factor. The token's id is left in the request's
+/// extensions (`ApiTokenId`) for the fresh-second-factor rule.
 pub struct ApiUser(pub User);
 
 impl<S> FromRequestParts<S> for ApiUser
@@ -119,10 +136,16 @@ where
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(AppError::unauthorized)?;
         let hash = tokens::hash(presented.trim());
-        let user = store::user_for_token(&state.db, &hash)
+        let owner = store::user_for_token(&state.db, &hash)
             .await?
             .ok_or_else(AppError::unauthorized)?;
-        Ok(Self(user))
+        if owner.user.role.is_staff() && owner.second_factor_at.is_none() {
+            return Err(second_factor::otp_required(
+                "This token was created without a second factor, which staff and admin accounts need: create a new one with your authenticator code (`certdrop login` asks for it).",
+            ));
+        }
+        parts.extensions.insert(ApiTokenId(owner.token_id));
+        Ok(Self(owner.user))
     }
 }
 
@@ -140,5 +163,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip()),
         ))
+    }
+}
+
+/// The credential of an API request, for the fresh-second-factor rule; put it after `ApiUser`
+/// in a handler's arguments.
+pub struct ApiCredential(pub Credential);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiCredential {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ApiTokenId>()
+            .map(|id| Self(Credential::Token(id.0)))
+            .ok_or_else(AppError::unauthorized)
     }
 }

@@ -5,14 +5,18 @@ pub mod csrf;
 pub mod extract;
 pub mod password;
 pub mod ratelimit;
+pub mod roles;
 pub mod routes;
+pub mod second_factor;
+pub mod second_factor_routes;
 pub mod session_store;
 pub mod store;
 pub mod tokens;
+pub mod totp;
 
 use serde::Serialize;
 
-pub use extract::{ApiUser, SignedIn, Viewer};
+pub use extract::{ApiCredential, ApiUser, SignedIn, Viewer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +51,15 @@ impl Role {
 
     pub fn is_admin(self) -> bool {
         self == Self::Admin
+    }
+
+    /// customer < staff < admin: raising a role takes two admins, lowering one.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Customer => 0,
+            Self::Staff => 1,
+            Self::Admin => 2,
+        }
     }
 }
 

@@ -17,13 +17,15 @@ use super::{
     ApiUser, Role, SignedIn, User, Viewer, csrf,
     csrf::CsrfForm,
     extract::{ClientIp, USER_KEY},
-    normalize_email, password, store, tokens,
+    normalize_email, password, roles,
+    second_factor::{self, SESSION_FACTOR_AT},
+    store, tokens,
 };
 use crate::{
     audit::{self, Entry},
     db::Page,
     error::{AppError, AppResult, ErrorItem},
-    startup::AppState,
+    state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
 };
 
@@ -92,14 +94,65 @@ async fn authenticate(
     }
 }
 
-/// Starts a signed-in session under a new id (no fixation) with a new CSRF token.
-async fn start_session(session: &Session, user: &User) -> AppResult<()> {
-    let internal =
-        |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
-    session.cycle_id().await.map_err(internal)?;
-    session.insert(USER_KEY, user.id).await.map_err(internal)?;
+fn session_error(e: tower_sessions::session::Error) -> AppError {
+    AppError::internal(anyhow::anyhow!("session: {e}"))
+}
+
+/// Starts a signed-in session under a new id (no fixation) with a new CSRF token; with the
+/// time of the second factor that completed the sign-in, when there was one.
+pub(super) async fn start_session(
+    session: &Session,
+    user: &User,
+    second_factor_at: Option<i64>,
+) -> AppResult<()> {
+    session.cycle_id().await.map_err(session_error)?;
+    session
+        .remove::<PendingSignIn>(PENDING_KEY)
+        .await
+        .map_err(session_error)?;
+    session.insert(USER_KEY, user.id).await.map_err(session_error)?;
+    if let Some(at) = second_factor_at {
+        session
+            .insert(SESSION_FACTOR_AT, at)
+            .await
+            .map_err(session_error)?;
+    }
     csrf::renew(session).await?;
     Ok(())
+}
+
+/// A password that was right, waiting for its second factor (or for enrolment of one).
+#[derive(Clone, Copy, Debug, serde::Serialize, Deserialize)]
+pub(super) struct PendingSignIn {
+    pub user_id: i64,
+    pub at: i64,
+}
+
+pub(super) const PENDING_KEY: &str = "pending_sign_in";
+/// How long a right password waits for its second factor.
+pub(super) const PENDING_SECONDS: i64 = 600;
+
+/// After the password: sign in at once, or ask for the second factor first (always for staff
+/// and admins, who must enrol one if they have none; for customers who chose one).
+async fn after_password(session: &Session, state: &AppState, user: &User, next: &str) -> PageResult {
+    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+    if !enrolled && !user.role.is_staff() {
+        start_session(session, user, None).await?;
+        return Ok(see_other(next));
+    }
+    session.cycle_id().await.map_err(session_error)?;
+    session
+        .insert(
+            PENDING_KEY,
+            PendingSignIn {
+                user_id: user.id,
+                at: crate::db::now(),
+            },
+        )
+        .await
+        .map_err(session_error)?;
+    let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+    Ok(see_other(&format!("/login/second-factor?next={next}")))
 }
 
 #[derive(Template)]
@@ -143,8 +196,13 @@ async fn login(
 ) -> PageResult {
     match authenticate(&state, ip, &form.email, form.password).await {
         Ok(user) => {
-            start_session(&viewer.session, &user).await?;
-            Ok(see_other(web::safe_next(form.next.as_deref())))
+            after_password(
+                &viewer.session,
+                &state,
+                &user,
+                web::safe_next(form.next.as_deref()),
+            )
+            .await
         }
         Err(err) if err.status.is_client_error() => {
             let status = err.status;
@@ -231,7 +289,7 @@ async fn signup(
     };
     match result {
         Ok(user) => {
-            start_session(&viewer.session, &user).await?;
+            start_session(&viewer.session, &user, None).await?;
             web::flash(
                 &viewer.session,
                 "ok",
@@ -315,14 +373,17 @@ fn token_name(raw: &str) -> AppResult<String> {
     Ok(name.to_string())
 }
 
+/// Issues a token; `second_factor_at` is when the caller last proved a second factor, which
+/// staff and admin tokens need.
 async fn issue_token(
     state: &AppState,
     user: &User,
     name: &str,
     ip: ClientIp,
+    second_factor_at: Option<i64>,
 ) -> AppResult<(tokens::NewToken, store::ApiToken)> {
     let token = tokens::generate();
-    let row = store::insert_token(&state.db, user.id, name, &token).await?;
+    let row = store::insert_token(&state.db, user.id, name, &token, second_factor_at).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "token.created", "api_token", row.id)
@@ -342,7 +403,12 @@ async fn create_token_page(
 ) -> PageResult {
     let (new_token, errors, status) = match token_name(&form.name) {
         Ok(name) => {
-            let (token, _) = issue_token(&state, &me.user, &name, ip).await?;
+            let factor_at = me
+                .session
+                .get::<i64>(SESSION_FACTOR_AT)
+                .await
+                .map_err(session_error)?;
+            let (token, _) = issue_token(&state, &me.user, &name, ip, factor_at).await?;
             (
                 Some(token.secret.expose_secret().to_string()),
                 FormErrors::default(),
@@ -394,7 +460,34 @@ async fn revoke(state: &AppState, user: &User, id: i64, ip: ClientIp) -> AppResu
 struct CreateTokenRequest {
     email: String,
     password: SecretString,
+    otp: Option<String>,
     name: Option<String>,
+}
+
+/// The second factor a token request must carry: none for a customer without one; a code
+/// (or recovery code) for everyone else. Returns when it was proved.
+async fn token_second_factor(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    otp: Option<&str>,
+) -> AppResult<Option<i64>> {
+    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+    if !enrolled && !user.role.is_staff() {
+        return Ok(None);
+    }
+    if !enrolled {
+        return Err(second_factor::otp_required(
+            "Staff and admin accounts need a second factor: sign in once in the browser to set up your authenticator, then create tokens with its code.",
+        ));
+    }
+    let Some(code) = otp.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Err(second_factor::otp_required(
+            "This account signs in with a second factor: send the current code from your authenticator app as \"otp\".",
+        ));
+    };
+    second_factor::verify(state, user, ip, code).await?;
+    Ok(Some(crate::db::now()))
 }
 
 async fn create_token_api(
@@ -403,8 +496,9 @@ async fn create_token_api(
     Json(req): Json<CreateTokenRequest>,
 ) -> AppResult<Response> {
     let user = authenticate(&state, ip, &req.email, req.password).await?;
+    let factor_at = token_second_factor(&state, &user, ip, req.otp.as_deref()).await?;
     let name = token_name(req.name.as_deref().unwrap_or("API token"))?;
-    let (token, row) = issue_token(&state, &user, &name, ip).await?;
+    let (token, row) = issue_token(&state, &user, &name, ip, factor_at).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -441,8 +535,20 @@ async fn revoke_token_api(
 struct UsersPage {
     chrome: Chrome,
     users: Vec<User>,
+    requests: Vec<(i64, roles::RoleRequest)>,
     me: i64,
     next_cursor: Option<String>,
+    separation_of_duties: bool,
+    errors: FormErrors,
+}
+
+impl UsersPage {
+    fn request_for(&self, user_id: &i64) -> Option<&roles::RoleRequest> {
+        self.requests
+            .iter()
+            .find(|(id, _)| id == user_id)
+            .map(|(_, r)| r)
+    }
 }
 
 #[derive(Deserialize)]
@@ -450,27 +556,45 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
+async fn render_users(
+    state: &AppState,
+    me: &SignedIn,
+    cursor: Option<&str>,
+    status: StatusCode,
+    errors: FormErrors,
+) -> PageResult {
+    me.user.require_admin()?;
+    let (users, next_cursor) = store::list_users(&state.db, Page::new(cursor, None)?).await?;
+    Ok(render_status(
+        status,
+        &UsersPage {
+            chrome: me.chrome().await?,
+            users,
+            requests: roles::pending_requests(&state.db).await?,
+            me: me.user.id,
+            next_cursor,
+            separation_of_duties: state.config.separation_of_duties,
+            errors,
+        },
+    )?)
+}
+
 async fn users_page(
     State(state): State<AppState>,
     me: SignedIn,
     Query(q): Query<CursorQuery>,
 ) -> PageResult {
-    me.user.require_admin()?;
-    let (users, next_cursor) =
-        store::list_users(&state.db, Page::new(q.cursor.as_deref(), None)?).await?;
-    Ok(render(&UsersPage {
-        chrome: me.chrome().await?,
-        users,
-        me: me.user.id,
-        next_cursor,
-    })?)
+    render_users(&state, &me, q.cursor.as_deref(), StatusCode::OK, FormErrors::default()).await
 }
 
 #[derive(Deserialize)]
 struct RoleForm {
     role: String,
+    otp: Option<String>,
 }
 
+/// Lowers a role at once; raising one waits for a second admin (see `roles`). Either way it
+/// needs a second factor from the last ten minutes.
 async fn change_role(
     State(state): State<AppState>,
     me: SignedIn,
@@ -482,28 +606,25 @@ async fn change_role(
     let role = Role::parse(&form.role).ok_or_else(|| {
         AppError::bad_request("invalid_role", "A role is customer, staff or admin.")
     })?;
-    if id == me.user.id {
-        return Err(AppError::conflict(
-            "own_role",
-            "You cannot change your own role; ask another admin.",
-        )
-        .into());
+    let credential = second_factor::Credential::Session(me.session.clone());
+    let result = async {
+        second_factor::require_fresh(&state, &me.user, &credential, ip, form.otp.as_deref())
+            .await?;
+        roles::change(&state.db, &me.user, ip.0, id, role).await
     }
-    let before = store::set_role(&state.db, id, role)
-        .await?
-        .ok_or_else(|| AppError::not_found("user"))?;
-    audit::record(
-        &state.db,
-        Entry::new(Some(&me.user), "user.role_changed", "user", id)
-            .detail(json!({"from": before.as_str(), "to": role.as_str()}))
-            .ip(ip.0),
-    )
-    .await?;
-    web::flash(
-        &me.session,
-        "ok",
-        format!("Role changed to {}.", role.as_str()),
-    )
-    .await?;
+    .await;
+    let message = match result {
+        Ok(roles::RoleChange::Applied { to, .. }) => format!("Role changed to {}.", to.as_str()),
+        Ok(roles::RoleChange::Requested { to }) => format!(
+            "Asked for the role {}: another admin must approve it on this page before it takes effect.",
+            to.as_str()
+        ),
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
+            let status = err.status;
+            return render_users(&state, &me, None, status, err.into()).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
+    web::flash(&me.session, "ok", message).await?;
     Ok(see_other("/admin/users"))
 }

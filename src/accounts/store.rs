@@ -124,17 +124,19 @@ pub async fn insert_token(
     user_id: i64,
     name: &str,
     token: &NewToken,
+    second_factor_at: Option<i64>,
 ) -> AppResult<ApiToken> {
     let now = db::now();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO api_tokens (user_id, name, token_hash, hint, created_at) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO api_tokens (user_id, name, token_hash, hint, created_at, second_factor_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(user_id)
     .bind(name)
     .bind(&token.hash)
     .bind(&token.hint)
     .bind(now)
+    .bind(second_factor_at)
     .fetch_one(db)
     .await?;
     Ok(ApiToken {
@@ -146,10 +148,17 @@ pub async fn insert_token(
     })
 }
 
-/// The user a live token belongs to; records when it was last used (at most once a minute).
-pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<User>> {
+/// A live token as the API sees it: whose it is, and whether it proved a second factor.
+pub struct TokenOwner {
+    pub user: User,
+    pub token_id: i64,
+    pub second_factor_at: Option<i64>,
+}
+
+/// The owner of a live token; records when it was last used (at most once a minute).
+pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<TokenOwner>> {
     let row = sqlx::query(
-        "SELECT u.id, u.email, u.role, u.created_at, t.id AS token_id, t.token_hash, t.last_used_at \
+        "SELECT u.id, u.email, u.role, u.created_at, t.id AS token_id, t.token_hash, t.last_used_at, t.second_factor_at \
          FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
     )
@@ -158,16 +167,20 @@ pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<User>
     .await?;
     let Some(row) = row else { return Ok(None) };
     let now = db::now();
+    let token_id: i64 = row.try_get("token_id")?;
     let last_used: Option<i64> = row.try_get("last_used_at")?;
     if last_used.is_none_or(|t| now - t >= 60) {
-        let token_id: i64 = row.try_get("token_id")?;
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(token_id)
             .execute(db)
             .await?;
     }
-    Ok(Some(user_from_row(&row)?))
+    Ok(Some(TokenOwner {
+        user: user_from_row(&row)?,
+        token_id,
+        second_factor_at: row.try_get("second_factor_at")?,
+    }))
 }
 
 pub async fn list_tokens(db: &Db, user_id: i64) -> AppResult<Vec<ApiToken>> {

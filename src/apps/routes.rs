@@ -17,7 +17,7 @@ use crate::{
     audit::{self, Entry},
     db::Page,
     error::{AppError, AppResult, ErrorItem},
-    startup::AppState,
+    state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
 };
 

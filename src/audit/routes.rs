@@ -11,7 +11,7 @@ use super::{AuditEvent, Filter, list};
 use crate::{
     accounts::SignedIn,
     db::Page,
-    startup::AppState,
+    state::AppState,
     web::{Chrome, PageResult, filters, render},
 };
 

@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 
 use crate::{
     error::AppResult,
-    startup::AppState,
+    state::AppState,
     tickets::{state::TicketKind, store::Ticket},
 };
 

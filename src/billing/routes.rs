@@ -23,7 +23,7 @@ use crate::{
     accounts::{ApiUser, SignedIn, User},
     db::{self, Db, Page},
     error::{AppError, AppResult},
-    startup::AppState,
+    state::AppState,
     web::{self, Chrome, PageResult, filters, render},
 };
 

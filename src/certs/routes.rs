@@ -26,7 +26,7 @@ use crate::{
     audit::{self, Entry},
     db::{self, Page},
     error::{AppError, AppResult, ErrorItem},
-    startup::AppState,
+    state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
 };
 

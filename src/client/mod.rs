@@ -5,7 +5,7 @@
 mod output;
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead, IsTerminal, Write},
     path::PathBuf,
 };
 
@@ -154,6 +154,30 @@ impl Client {
         self.send(self.request(Method::DELETE, path)).await
     }
 
+    /// Posts an action that needs a fresh second factor: with `otp` when given; otherwise,
+    /// when the server asks for one and a person is at the terminal, with a code typed now.
+    pub async fn post_fresh(
+        &self,
+        path: &str,
+        mut body: Value,
+        otp: Option<String>,
+    ) -> anyhow::Result<Value> {
+        if let Some(code) = &otp {
+            body["otp"] = json!(code);
+        }
+        match self.post(path, body.clone()).await {
+            Err(err)
+                if otp.is_none()
+                    && err.to_string().contains("otp_required")
+                    && std::io::stdin().is_terminal() =>
+            {
+                body["otp"] = json!(prompt("Authenticator code")?);
+                self.post(path, body).await
+            }
+            other => other,
+        }
+    }
+
     /// Every item of a paginated listing, following `next_cursor`.
     pub async fn list_all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
@@ -192,7 +216,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             url,
             email,
             password_stdin,
-        } => login(url, email, password_stdin).await,
+            otp,
+        } => login(url, email, password_stdin, otp).await,
         Command::Apps { json } => {
             let items = Client::configured()?.list_all("/api/v1/apps").await?;
             if json {
@@ -357,9 +382,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             table.print_or("No tickets.");
             Ok(())
         }
-        Command::TicketsApprove { id } => {
+        Command::TicketsApprove { id, otp } => {
             let t = Client::configured()?
-                .post(&format!("/api/v1/tickets/{id}/approve"), json!({}))
+                .post_fresh(&format!("/api/v1/tickets/{id}/approve"), json!({}), otp)
                 .await?;
             println!(
                 "Ticket #{id} approved; deploying {} to edge pair {}.",
@@ -410,6 +435,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "App",
                 "Config",
                 "Node",
+                "ID",
+                "State",
+                "Fingerprint",
                 "Address",
                 "Last seen",
                 "Applied",
@@ -421,6 +449,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         output::s(&p["app"]),
                         output::s(&p["config_version"]),
                         output::s(&n["node"]),
+                        output::s(&n["id"]),
+                        output::s(&n["state"]),
+                        output::s(&n["recipient_fingerprint"]),
                         output::s(&n["address"]),
                         output::s(&n["last_seen_at"]),
                         output::s(&n["applied_version"]),
@@ -428,6 +459,58 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
             table.print_or("No edge pairs. Create one with `certdrop edge-pairs:create NAME`.");
+            Ok(())
+        }
+        Command::EdgeNodesConfirm {
+            id,
+            fingerprint,
+            otp,
+        } => {
+            let node = Client::configured()?
+                .post_fresh(
+                    &format!("/api/v1/edge-nodes/{id}/confirm"),
+                    json!({"recipient_fingerprint": fingerprint}),
+                    otp,
+                )
+                .await?;
+            println!(
+                "{} confirmed: keys may now be sealed to {}.",
+                output::s(&node["node"]),
+                output::s(&node["recipient_fingerprint"])
+            );
+            Ok(())
+        }
+        Command::EdgeNodesRevoke { id, otp } => {
+            let r = Client::configured()?
+                .post_fresh(&format!("/api/v1/edge-nodes/{id}/revoke"), json!({}), otp)
+                .await?;
+            let apps: Vec<String> = r["affected_apps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(output::s)
+                .collect();
+            println!("{} revoked; it gets nothing more.", output::s(&r["node"]));
+            if !apps.is_empty() {
+                println!(
+                    "It held the keys of: {}. Their customers have been mailed to replace those certificates.",
+                    apps.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::EdgeNodesToken { id } => {
+            let client = Client::configured()?;
+            let t = client
+                .post(&format!("/api/v1/edge-nodes/{id}/enroll-token"), json!({}))
+                .await?;
+            println!(
+                "New single-use token for {}:\n  certdrop edge --control-plane {} --enroll-token {} --listen 0.0.0.0:443 --http-listen 0.0.0.0:80 --data-dir /var/lib/certdrop-edge",
+                output::s(&t["node"]),
+                client.base,
+                output::s(&t["enroll_token"])
+            );
             Ok(())
         }
         Command::CertsInfo { app, id, json } => {
@@ -452,8 +535,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve
         | Command::UsersCreate { .. }
+        | Command::UsersRole { .. }
         | Command::VaultRotate
         | Command::Edge { .. }
+        | Command::EdgeIdentity { .. }
+        | Command::FleetKeygen { .. }
+        | Command::FleetAttest { .. }
         | Command::BillingExport { .. } => {
             unreachable!("server verbs are dispatched in cli")
         }
@@ -555,6 +642,7 @@ async fn login(
     url: Option<String>,
     email: Option<String>,
     password_stdin: bool,
+    otp: Option<String>,
 ) -> anyhow::Result<()> {
     let url = url
         .or_else(|| std::env::var("CERTDROP_URL").ok())
@@ -574,9 +662,10 @@ async fn login(
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "this machine".into());
     let client = Client::new(&url, None)?;
     let resp = client
-        .post(
+        .post_fresh(
             "/api/v1/tokens",
             json!({"email": email, "password": password.expose_secret(), "name": format!("CLI on {host}")}),
+            otp,
         )
         .await?;
     let token = resp["token"].as_str().context("the server sent no token")?;

@@ -10,14 +10,14 @@ use anyhow::Context;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{store, verify};
+use super::{NodeState, custody, store, verify};
 use crate::{
     apps::hostname,
     audit::{self, Entry},
     certs,
     db::{self},
     mail,
-    startup::AppState,
+    state::AppState,
     tickets::{
         self,
         state::{TicketKind, TicketState},
@@ -141,7 +141,10 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
     }
     let version = match job.config_version {
         Some(v) => v,
-        None => publish(state, job).await?,
+        None => match publish(state, job, &ticket).await? {
+            Ok(v) => v,
+            Err(why) => return fail(state, job, &ticket, &why).await,
+        },
     };
     renew_lease(state, job).await?;
     let outcome = match wait_until_applied(state, job, version).await? {
@@ -154,31 +157,36 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
     }
 }
 
-/// Seals the key to both nodes and bumps the pair's configuration, once per job.
-async fn publish(state: &AppState, job: &Job) -> anyhow::Result<i64> {
+/// Seals the key to both nodes and bumps the pair's configuration, once per job. Keys are
+/// sealed only to confirmed nodes: `Ok(Err(why))` when a node of the pair is not (or stops
+/// being, before the sealed copies are stored) confirmed.
+async fn publish(
+    state: &AppState,
+    job: &Job,
+    ticket: &tickets::store::Ticket,
+) -> anyhow::Result<Result<i64, String>> {
     let pair = store::pair(&state.db, job.pair_id).await?;
     let mut sealed = Vec::new();
     if let Some(cert) = job.target {
+        if let Err(refusal) = custody::require_confirmed(&pair) {
+            return Ok(Err(refusal.message()));
+        }
         let armored = certs::store::sealed_key_of(&state.db, cert).await?;
-        let recipients: Vec<(i64, String)> = pair
+        let holders: Vec<(store::Node, String)> = pair
             .nodes
             .iter()
-            .map(|n| {
-                Ok((
-                    n.id,
-                    n.recipient
-                        .clone()
-                        .context("a node of the pair is not enrolled")?,
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?;
+            .map(|n| (n.clone(), pair.node_name(n)))
+            .collect();
         let vault = state.vault.clone();
         // Opened in memory only, sealed to each node's own recipient, wiped on drop.
-        sealed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i64, String)>> {
+        sealed = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<_>> {
             let key = vault.open(&armored)?;
-            recipients
+            holders
                 .into_iter()
-                .map(|(node, recipient)| Ok((node, vault::seal_to(&recipient, &key)?.armored)))
+                .map(|(node, name)| {
+                    let recipient = node.recipient.clone().context("a confirmed node has no recipient")?;
+                    Ok((node, name, vault::seal_to(&recipient, &key)?.armored))
+                })
                 .collect()
         })
         .await??;
@@ -197,18 +205,68 @@ async fn publish(state: &AppState, job: &Job) -> anyhow::Result<i64> {
             .bind(job.id)
             .fetch_one(&mut *tx)
             .await?;
-        return Ok(v);
+        return Ok(Ok(v));
     }
-    for (node, armored) in &sealed {
-        sqlx::query(
-            "INSERT INTO node_keys (node_id, certificate_id, sealed_key) VALUES ($1, $2, $3) \
+    let before: Vec<i64> = match job.target {
+        Some(cert) => sqlx::query_scalar("SELECT node_id FROM node_keys WHERE certificate_id = $1")
+            .bind(cert)
+            .fetch_all(&mut *tx)
+            .await?,
+        None => Vec::new(),
+    };
+    for (node, name, armored) in &sealed {
+        // Guarded on the node still being confirmed with the same recipient: a revocation or
+        // replacement that lands after the pair was read above stops the deployment here.
+        let stored = sqlx::query(
+            "INSERT INTO node_keys (node_id, certificate_id, sealed_key) SELECT $1, $2, $3 \
+             WHERE EXISTS (SELECT 1 FROM edge_nodes WHERE id = $1 AND state = 'confirmed' AND recipient = $4) \
              ON CONFLICT (node_id, certificate_id) DO UPDATE SET sealed_key = excluded.sealed_key",
         )
-        .bind(node)
+        .bind(node.id)
         .bind(job.target)
         .bind(armored)
+        .bind(&node.recipient)
         .execute(&mut *tx)
         .await?;
+        if stored.rows_affected() != 1 {
+            return Ok(Err(format!(
+                "{name} stopped being a confirmed node during the deployment; its key was not sealed to it"
+            )));
+        }
+        audit::record(
+            &mut *tx,
+            Entry::new(None, "key.sealed", "certificate", job.target.unwrap_or_default())
+                .app(&ticket.app)
+                .detail(json!({
+                    "node": name,
+                    "recipient_fingerprint": node.recipient_fingerprint,
+                    "ticket_id": ticket.id,
+                })),
+        )
+        .await?;
+    }
+    let newly: Vec<&(store::Node, String, String)> =
+        sealed.iter().filter(|(n, _, _)| !before.contains(&n.id)).collect();
+    if !newly.is_empty() {
+        let mut lines = vec![format!(
+            "The private key of certificate #{} of {} is now sealed to these edge servers, each confirmed by certdrop's administrators (it stays sealed in the vault as well):",
+            job.target.unwrap_or_default(),
+            ticket.app
+        )];
+        lines.extend(sealed.iter().map(|(node, name, _)| {
+            format!(
+                "{name}: key fingerprint {}, confirmed by {}",
+                node.recipient_fingerprint.as_deref().unwrap_or(""),
+                node.confirmed_by_label().unwrap_or_else(|| "an admin".into())
+            )
+        }));
+        let mail = tickets::customer_mail(
+            state,
+            ticket,
+            format!("{}: where your private key is sealed", ticket.app),
+            lines,
+        );
+        mail::enqueue(&mut tx, &format!("ticket:{}:sealed", ticket.id), &mail).await?;
     }
     sqlx::query("UPDATE edge_pairs SET config_version = config_version + 1, certificate_id = $1 WHERE id = $2")
         .bind(job.target)
@@ -226,8 +284,9 @@ async fn publish(state: &AppState, job: &Job) -> anyhow::Result<i64> {
         .await?;
     tx.commit().await?;
     state.config_changed.notify_waiters();
+    state.mail_wake.notify_one();
     tracing::info!(job = job.id, version, "deploy: configuration published");
-    Ok(version)
+    Ok(Ok(version))
 }
 
 /// Waits for both nodes to report `version` applied. `Ok(Err(why))` when they do not in time.
@@ -243,7 +302,7 @@ async fn wait_until_applied(
         let behind: Vec<String> = pair
             .nodes
             .iter()
-            .filter(|n| n.applied_version < version)
+            .filter(|n| n.state != NodeState::Revoked && n.applied_version < version)
             .map(|n| {
                 format!(
                     "{}-{} ({})",
@@ -303,7 +362,8 @@ async fn verify_nodes(
     };
     let mut problems = Vec::new();
     let now = db::now();
-    for node in &pair.nodes {
+    // A revoked node is out of service: nothing is deployed to it or expected of it.
+    for node in pair.nodes.iter().filter(|n| n.state != NodeState::Revoked) {
         let address = node.address.clone().unwrap_or_default();
         for domain in &names {
             let sni = verify::sni_for(domain);

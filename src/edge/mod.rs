@@ -1,14 +1,63 @@
-//! Edge pairs: staff create them, two `certdrop edge` nodes enroll into each, approval of a
-//! provision ticket dedicates a free pair to an app, and the deploy worker rolls certificates
-//! out to the pair and verifies them by a real TLS handshake. `node/` is the edge node itself.
+//! Edge pairs: staff create them, two `certdrop edge` nodes enroll into each, an admin who did
+//! not create the pair confirms each node (or the fleet key vouches for it), approval of a
+//! provision ticket dedicates a free pair to an app, and the deploy worker seals keys to the
+//! confirmed nodes only, rolls them out and verifies them by a real TLS handshake.
+//! `node/` is the edge node itself.
 
+pub mod custody;
 pub mod deploy;
+pub mod fleet;
 pub mod node;
 pub mod routes;
 pub mod store;
 pub mod verify;
 
+use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A node's age recipient as people compare it, like an ssh host key: `SHA256:` and the
+/// unpadded base64 of the SHA-256 of the recipient's text.
+pub fn recipient_fingerprint(recipient: &str) -> String {
+    format!(
+        "SHA256:{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(recipient.trim().as_bytes()))
+    )
+}
+
+/// Where a node stands: a node holds keys only while `Confirmed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// An enrollment token was issued; no machine has used it yet.
+    Awaiting,
+    /// A machine enrolled with its recipient; inert until confirmed.
+    Enrolled,
+    Confirmed,
+    /// Stolen or retired: it gets nothing more.
+    Revoked,
+}
+
+impl NodeState {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "awaiting" => Some(Self::Awaiting),
+            "enrolled" => Some(Self::Enrolled),
+            "confirmed" => Some(Self::Confirmed),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Awaiting => "awaiting",
+            Self::Enrolled => "enrolled",
+            Self::Confirmed => "confirmed",
+            Self::Revoked => "revoked",
+        }
+    }
+}
 
 /// What one node must serve: everything it needs, with the key sealed to its own recipient.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,6 +87,9 @@ pub struct Enrollment {
     pub recipient: String,
     pub address: String,
     pub http_address: Option<String>,
+    /// The fleet key's signature over `recipient`, where the operator uses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,4 +97,7 @@ pub struct Enrolled {
     pub node_id: i64,
     pub node_token: String,
     pub pair: String,
+    /// `enrolled` (an admin must confirm it) or `confirmed` (the fleet key vouched for it).
+    #[serde(default)]
+    pub state: String,
 }

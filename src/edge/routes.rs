@@ -6,7 +6,7 @@ use std::time::Duration;
 use askama::Template;
 use axum::{
     Json, Router,
-    extract::{FromRef, FromRequestParts, Query, State},
+    extract::{FromRef, FromRequestParts, Path, Query, State},
     http::{StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -16,20 +16,30 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{Enrolled, Enrollment, NodeConfig, Site, store};
+use super::{Enrolled, Enrollment, NodeConfig, Site, custody, store};
 use crate::{
-    accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp},
+    accounts::{
+        ApiCredential, ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp,
+        second_factor::Credential,
+    },
     apps::hostname,
     audit::{self, Entry},
     error::{AppError, AppResult, ErrorItem},
-    startup::AppState,
-    web::{self, Chrome, FormErrors, PageResult, render_status},
+    state::AppState,
+    web::{self, Chrome, FormErrors, PageResult, filters, render_status},
 };
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/staff/edge-pairs", get(pairs_page).post(create_pair_page))
+        .route("/staff/edge-nodes/{id}/confirm", post(confirm_page))
+        .route("/staff/edge-nodes/{id}/revoke", post(revoke_page))
+        .route("/staff/edge-nodes/{id}/enroll-token", post(enroll_token_page))
         .route("/api/v1/edge-pairs", get(list_api).post(create_api))
+        .route("/api/v1/edge-nodes/{id}", get(node_api))
+        .route("/api/v1/edge-nodes/{id}/confirm", post(confirm_api))
+        .route("/api/v1/edge-nodes/{id}/revoke", post(revoke_api))
+        .route("/api/v1/edge-nodes/{id}/enroll-token", post(enroll_token_api))
         .route("/api/v1/edge/enroll", post(enroll_api))
         .route("/api/v1/edge/config", get(config_api))
 }
@@ -54,7 +64,7 @@ async fn create(
 ) -> AppResult<(i64, String, [String; 2])> {
     user.require_staff()?;
     let name = validate_name(name)?;
-    let (id, tokens) = store::create_pair(&state.db, &name).await?;
+    let (id, tokens) = store::create_pair(&state.db, &name, user.id).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "edge_pair.created", "edge_pair", &name).ip(ip.0),
@@ -67,20 +77,41 @@ async fn create(
     ))
 }
 
+fn node_json(pair: &store::Pair, n: &store::Node) -> serde_json::Value {
+    json!({
+        "id": n.id,
+        "node": pair.node_name(n),
+        "state": n.state,
+        "enrolled": n.enrolled,
+        "recipient_fingerprint": n.recipient_fingerprint,
+        "confirmed_by": n.confirmed_by_label(),
+        "confirmed_at": n.confirmed_at.map(web::rfc3339),
+        "address": n.address,
+        "last_seen_at": n.last_seen_at.map(web::rfc3339),
+        "applied_version": n.applied_version,
+        "in_sync": n.applied_version == pair.config_version,
+    })
+}
+
 fn pair_json(pair: &store::Pair) -> serde_json::Value {
     json!({
         "id": pair.id,
         "name": pair.name,
         "app": pair.app,
+        "created_by": pair.created_by_email,
+        "free": pair.app_id.is_none() && pair.nodes.iter().all(|n| n.holds_keys()),
         "config_version": pair.config_version,
-        "nodes": pair.nodes.iter().map(|n| json!({
-            "node": format!("{}-{}", pair.name, n.slot),
-            "enrolled": n.enrolled,
-            "address": n.address,
-            "last_seen_at": n.last_seen_at.map(web::rfc3339),
-            "applied_version": n.applied_version,
-            "in_sync": n.applied_version == pair.config_version,
-        })).collect::<Vec<_>>(),
+        "nodes": pair.nodes.iter().map(|n| node_json(pair, n)).collect::<Vec<_>>(),
+    })
+}
+
+fn revocation_json(r: &custody::Revocation) -> serde_json::Value {
+    json!({
+        "node": r.node,
+        "recipient_fingerprint": r.recipient_fingerprint,
+        "revoked_by": r.revoked_by,
+        "revoked_at": web::rfc3339(r.revoked_at),
+        "affected_apps": r.apps(),
     })
 }
 
@@ -119,10 +150,14 @@ async fn list_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppR
 struct PairsPage {
     chrome: Chrome,
     pairs: Vec<store::Pair>,
-    created: Option<(String, [String; 2])>,
+    revocations: Vec<custody::Revocation>,
+    created: Option<(String, Vec<String>)>,
     control_plane: String,
     errors: FormErrors,
     now: i64,
+    is_admin: bool,
+    fleet_key: bool,
+    separation_of_duties: bool,
 }
 
 impl PairsPage {
@@ -142,7 +177,7 @@ async fn render_pairs(
     state: &AppState,
     me: &SignedIn,
     status: StatusCode,
-    created: Option<(String, [String; 2])>,
+    created: Option<(String, Vec<String>)>,
     errors: FormErrors,
 ) -> PageResult {
     me.user.require_staff()?;
@@ -151,16 +186,125 @@ async fn render_pairs(
         &PairsPage {
             chrome: me.chrome().await?,
             pairs: store::list_pairs(&state.db).await?,
+            revocations: custody::revocations(&state.db).await?,
             created,
             control_plane: state.base_url.as_str().trim_end_matches('/').to_string(),
             errors,
             now: crate::db::now(),
+            is_admin: me.user.role.is_admin(),
+            fleet_key: state.config.fleet_public_key.is_some(),
+            separation_of_duties: state.config.separation_of_duties,
         },
     )?)
 }
 
 async fn pairs_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
     render_pairs(&state, &me, StatusCode::OK, None, FormErrors::default()).await
+}
+
+/// Shows the pairs page again after a node action: with a message, or with the error.
+async fn after_node_action<T>(
+    state: &AppState,
+    me: &SignedIn,
+    result: AppResult<T>,
+    done: impl FnOnce(T) -> String,
+) -> PageResult {
+    match result {
+        Ok(value) => {
+            web::flash(&me.session, "ok", done(value)).await?;
+            Ok(web::see_other("/staff/edge-pairs"))
+        }
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN && err.status != StatusCode::NOT_FOUND => {
+            let status = err.status;
+            render_pairs(state, me, status, None, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfirmForm {
+    recipient_fingerprint: String,
+    otp: Option<String>,
+}
+
+async fn confirm_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<ConfirmForm>,
+) -> PageResult {
+    let credential = Credential::Session(me.session.clone());
+    let result = custody::confirm(
+        &state,
+        &me.user,
+        &credential,
+        ip,
+        id,
+        &form.recipient_fingerprint,
+        form.otp.as_deref(),
+    )
+    .await;
+    after_node_action(&state, &me, result, |n| {
+        format!(
+            "Node confirmed: keys may now be sealed to {}.",
+            n.recipient_fingerprint.unwrap_or_default()
+        )
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct OtpForm {
+    otp: Option<String>,
+}
+
+async fn revoke_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<OtpForm>,
+) -> PageResult {
+    let credential = Credential::Session(me.session.clone());
+    let result = custody::revoke(&state, &me.user, &credential, ip, id, form.otp.as_deref()).await;
+    after_node_action(&state, &me, result, |r| {
+        let apps = r.apps();
+        if apps.is_empty() {
+            format!("{} revoked. It held no customer's key.", r.node)
+        } else {
+            format!(
+                "{} revoked. It held the keys of {}; their customers have been mailed to replace those certificates.",
+                r.node,
+                apps.join(", ")
+            )
+        }
+    })
+    .await
+}
+
+/// A replacement token is shown in this response only, like a new pair's.
+async fn enroll_token_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(_): CsrfForm<crate::accounts::csrf::NoFields>,
+) -> PageResult {
+    match custody::new_enroll_token(&state, &me.user, ip, id).await {
+        Ok((name, token)) => {
+            render_pairs(
+                &state,
+                &me,
+                StatusCode::CREATED,
+                Some((name, vec![token.secret.expose_secret().to_string()])),
+                FormErrors::default(),
+            )
+            .await
+        }
+        Err(err) => after_node_action(&state, &me, Err::<(), _>(err), |_| String::new()).await,
+    }
 }
 
 #[derive(Deserialize)]
@@ -181,7 +325,7 @@ async fn create_pair_page(
                 &state,
                 &me,
                 StatusCode::CREATED,
-                Some((name, tokens)),
+                Some((name, tokens.to_vec())),
                 FormErrors::default(),
             )
             .await
@@ -213,25 +357,44 @@ async fn enroll_api(
             "Advertise the node as HOST:PORT.",
         )));
     }
+    // With a fleet key, only machines it vouches for may enroll (the token stays unspent).
+    let attested = match &state.config.fleet_public_key {
+        None => false,
+        Some(fleet) => match req.attestation.as_deref() {
+            None => {
+                return Err(AppError::unprocessable(ErrorItem::new(
+                    "attestation_required",
+                    "This installation admits only nodes vouched for by its fleet key: sign the node's recipient with `certdrop fleet:attest` and start the node with --attestation FILE.",
+                )));
+            }
+            Some(a) if !fleet.verifies(&req.recipient, a) => {
+                return Err(AppError::unprocessable(ErrorItem::new(
+                    "attestation_invalid",
+                    "The attestation is not the fleet key's signature of this node's recipient: sign this node's own recipient (`certdrop edge:identity` prints it) with the fleet key.",
+                )));
+            }
+            Some(_) => true,
+        },
+    };
     let (node, token) = store::enroll(
         &state.db,
         &req.enroll_token,
         &req.recipient,
         &req.address,
         req.http_address.as_deref(),
+        attested,
     )
     .await?;
     let pair = store::pair(&state.db, node.pair_id).await?;
     audit::record(
         &state.db,
-        Entry::new(
-            None,
-            "edge_node.enrolled",
-            "edge_node",
-            format!("{}-{}", pair.name, node.slot),
-        )
-        .detail(json!({"address": req.address}))
-        .ip(ip.0),
+        Entry::new(None, "edge_node.enrolled", "edge_node", pair.node_name(&node))
+            .detail(json!({
+                "address": req.address,
+                "recipient_fingerprint": node.recipient_fingerprint,
+                "state": node.state,
+            }))
+            .ip(ip.0),
     )
     .await?;
     Ok((
@@ -240,6 +403,7 @@ async fn enroll_api(
             node_id: node.id,
             node_token: token.secret.expose_secret().to_string(),
             pair: pair.name,
+            state: node.state.as_str().to_string(),
         }),
     )
         .into_response())
@@ -313,6 +477,7 @@ async fn config_api(
 }
 
 /// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it.
+/// A node that is not confirmed gets nothing to serve.
 async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
     let row = sqlx::query(
         "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
@@ -325,7 +490,8 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
     .await?;
     let pair: String = row.try_get("pair")?;
     let mut sites = Vec::new();
-    if let (Some(app_id), Some(sealed_key)) = (
+    if let (true, Some(app_id), Some(sealed_key)) = (
+        node.holds_keys(),
         row.try_get::<Option<i64>, _>("app_id")?,
         row.try_get::<Option<String>, _>("sealed_key")?,
     ) {
@@ -353,4 +519,87 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
         pair,
         sites,
     })
+}
+
+// ---- node custody over the API (admins confirm and revoke; staff issue replacement tokens) ----
+
+async fn node_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    user.require_staff()?;
+    let node = store::node(&state.db, id).await?;
+    let pair = store::pair(&state.db, node.pair_id).await?;
+    let mut body = node_json(&pair, &node);
+    body["pair"] = json!(pair.name);
+    body["revocations"] = custody::revocations(&state.db)
+        .await?
+        .iter()
+        .filter(|r| r.node_id == id)
+        .map(revocation_json)
+        .collect();
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ConfirmRequest {
+    recipient_fingerprint: Option<String>,
+    otp: Option<String>,
+}
+
+async fn confirm_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ApiCredential(credential): ApiCredential,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> AppResult<Response> {
+    let req: ConfirmRequest = web::optional_json(&body)?;
+    let node = custody::confirm(
+        &state,
+        &user,
+        &credential,
+        ip,
+        id,
+        req.recipient_fingerprint.as_deref().unwrap_or(""),
+        req.otp.as_deref(),
+    )
+    .await?;
+    let pair = store::pair(&state.db, node.pair_id).await?;
+    Ok(Json(node_json(&pair, &node)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct OtpRequest {
+    otp: Option<String>,
+}
+
+async fn revoke_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ApiCredential(credential): ApiCredential,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> AppResult<Response> {
+    let req: OtpRequest = web::optional_json(&body)?;
+    let revocation =
+        custody::revoke(&state, &user, &credential, ip, id, req.otp.as_deref()).await?;
+    Ok(Json(revocation_json(&revocation)).into_response())
+}
+
+async fn enroll_token_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    let (node, token) = custody::new_enroll_token(&state, &user, ip, id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"node": node, "enroll_token": token.secret.expose_secret()})),
+    )
+        .into_response())
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use super::NodeState;
 use crate::{
     accounts::tokens::{self, NewToken},
     db::{self, Db},
@@ -15,12 +16,36 @@ pub struct Node {
     pub id: i64,
     pub pair_id: i64,
     pub slot: i64,
+    pub state: NodeState,
     pub enrolled: bool,
     pub recipient: Option<String>,
+    pub recipient_fingerprint: Option<String>,
     pub address: Option<String>,
     pub http_address: Option<String>,
     pub last_seen_at: Option<i64>,
     pub applied_version: i64,
+    /// Who issued the enrollment token this node used (the pair's creator, or a replacement's).
+    pub issued_by: Option<i64>,
+    pub confirmed_by: Option<i64>,
+    pub confirmed_by_email: Option<String>,
+    /// `admin` or `fleet_key`.
+    pub confirmed_via: Option<String>,
+    pub confirmed_at: Option<i64>,
+}
+
+impl Node {
+    /// Whether keys may be sealed to this node now.
+    pub fn holds_keys(&self) -> bool {
+        self.state == NodeState::Confirmed && self.recipient.is_some()
+    }
+
+    /// Who vouched for the node, as the pages and the API say it.
+    pub fn confirmed_by_label(&self) -> Option<String> {
+        match self.confirmed_via.as_deref() {
+            Some("fleet_key") => Some("the fleet key".into()),
+            _ => self.confirmed_by_email.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,34 +58,64 @@ pub struct Pair {
     pub certificate_id: Option<i64>,
     pub nodes: Vec<Node>,
     pub created_at: i64,
+    pub created_by: Option<i64>,
+    pub created_by_email: Option<String>,
+}
+
+impl Pair {
+    pub fn node_name(&self, node: &Node) -> String {
+        format!("{}-{}", self.name, node.slot)
+    }
+
+    /// Whether `user_id` created the pair, issued a node's token or confirmed a node.
+    pub fn vouched_by(&self, user_id: i64) -> bool {
+        self.created_by == Some(user_id)
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.issued_by == Some(user_id) || n.confirmed_by == Some(user_id))
+    }
 }
 
 fn node_from_row(row: &sqlx::any::AnyRow) -> Result<Node, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let recipient: Option<String> = row.try_get("recipient")?;
     Ok(Node {
         id: row.try_get("id")?,
         pair_id: row.try_get("pair_id")?,
         slot: row.try_get("slot")?,
+        state: NodeState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("node state {state}").into()))?,
         enrolled: row
             .try_get::<Option<String>, _>("node_token_hash")?
             .is_some(),
-        recipient: row.try_get("recipient")?,
+        recipient_fingerprint: recipient.as_deref().map(super::recipient_fingerprint),
+        recipient,
         address: row.try_get("address")?,
         http_address: row.try_get("http_address")?,
         last_seen_at: row.try_get("last_seen_at")?,
         applied_version: row.try_get("applied_version")?,
+        issued_by: row.try_get("issued_by")?,
+        confirmed_by: row.try_get("confirmed_by")?,
+        confirmed_by_email: row.try_get("confirmed_by_email")?,
+        confirmed_via: row.try_get("confirmed_via")?,
+        confirmed_at: row.try_get("confirmed_at")?,
     })
 }
 
-const NODE_COLUMNS: &str = "id, pair_id, slot, node_token_hash, recipient, address, http_address, last_seen_at, applied_version";
+const NODE_SELECT: &str = "SELECT n.id, n.pair_id, n.slot, n.state, n.node_token_hash, n.recipient, n.address, \
+     n.http_address, n.last_seen_at, n.applied_version, n.issued_by, n.confirmed_by, cu.email AS confirmed_by_email, \
+     n.confirmed_via, n.confirmed_at FROM edge_nodes n LEFT JOIN users cu ON cu.id = n.confirmed_by";
 
 /// A new pair and its two single-use enrollment tokens (shown once).
-pub async fn create_pair(db: &Db, name: &str) -> AppResult<(i64, [NewToken; 2])> {
+pub async fn create_pair(db: &Db, name: &str, created_by: i64) -> AppResult<(i64, [NewToken; 2])> {
     let mut tx = db.begin().await?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO edge_pairs (name, created_at) VALUES ($1, $2) RETURNING id",
+        "INSERT INTO edge_pairs (name, created_at, created_by) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(name)
     .bind(db::now())
+    .bind(created_by)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
@@ -77,11 +132,12 @@ pub async fn create_pair(db: &Db, name: &str) -> AppResult<(i64, [NewToken; 2])>
     let tokens = [tokens::generate(), tokens::generate()];
     for (slot, token) in tokens.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO edge_nodes (pair_id, slot, enroll_token_hash) VALUES ($1, $2, $3)",
+            "INSERT INTO edge_nodes (pair_id, slot, enroll_token_hash, issued_by) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
         .bind(slot as i64 + 1)
         .bind(&token.hash)
+        .bind(created_by)
         .execute(&mut *tx)
         .await?;
     }
@@ -103,14 +159,16 @@ pub async fn pair(db: &Db, id: i64) -> AppResult<Pair> {
 
 async fn pairs_where(db: &Db, id: Option<i64>) -> AppResult<Vec<Pair>> {
     let rows = sqlx::query(
-        "SELECT p.id, p.name, a.name AS app, p.app_id, p.config_version, p.certificate_id, p.created_at \
-         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id WHERE ($1 IS NULL OR p.id = $1) ORDER BY p.id",
+        "SELECT p.id, p.name, a.name AS app, p.app_id, p.config_version, p.certificate_id, p.created_at, \
+         p.created_by, u.email AS created_by_email \
+         FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN users u ON u.id = p.created_by \
+         WHERE ($1 IS NULL OR p.id = $1) ORDER BY p.id",
     )
     .bind(id)
     .fetch_all(db)
     .await?;
     let nodes = sqlx::query(&format!(
-        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE ($1 IS NULL OR pair_id = $1) ORDER BY pair_id, slot"
+        "{NODE_SELECT} WHERE ($1 IS NULL OR n.pair_id = $1) ORDER BY n.pair_id, n.slot"
     ))
     .bind(id)
     .fetch_all(db)
@@ -130,30 +188,44 @@ async fn pairs_where(db: &Db, id: Option<i64>) -> AppResult<Vec<Pair>> {
                 certificate_id: row.try_get("certificate_id")?,
                 nodes: nodes.iter().filter(|n| n.pair_id == id).cloned().collect(),
                 created_at: row.try_get("created_at")?,
+                created_by: row.try_get("created_by")?,
+                created_by_email: row.try_get("created_by_email")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Into::into)
 }
 
-/// Spends an enrollment token (once) and records the node's recipient and addresses.
+/// Spends an enrollment token (once) and records the node's recipient and addresses. The node
+/// is inert (`enrolled`) until an admin confirms it, unless the fleet key `attested` it.
 pub async fn enroll(
     db: &Db,
     enroll_token: &str,
     recipient: &str,
     address: &str,
     http_address: Option<&str>,
+    attested: bool,
 ) -> AppResult<(Node, NewToken)> {
     let node_token = tokens::generate();
+    let now = db::now();
+    let (state, via, at) = if attested {
+        ("confirmed", Some("fleet_key"), Some(now))
+    } else {
+        ("enrolled", None, None)
+    };
     let id: Option<i64> = sqlx::query_scalar(
         "UPDATE edge_nodes SET enroll_token_hash = NULL, node_token_hash = $1, recipient = $2, address = $3, \
-         http_address = $4, enrolled_at = $5, last_seen_at = $5 WHERE enroll_token_hash = $6 RETURNING id",
+         http_address = $4, enrolled_at = $5, last_seen_at = $5, state = $6, confirmed_via = $7, confirmed_at = $8 \
+         WHERE enroll_token_hash = $9 AND state = 'awaiting' RETURNING id",
     )
     .bind(&node_token.hash)
     .bind(recipient)
     .bind(address)
     .bind(http_address)
-    .bind(db::now())
+    .bind(now)
+    .bind(state)
+    .bind(via)
+    .bind(at)
     .bind(tokens::hash(enroll_token))
     .fetch_optional(db)
     .await?;
@@ -162,7 +234,7 @@ pub async fn enroll(
             axum::http::StatusCode::UNAUTHORIZED,
             crate::error::ErrorItem::new(
                 "bad_enroll_token",
-                "This enrollment token is unknown or already used. Ask staff for the pair's tokens, or create a new pair.",
+                "This enrollment token is unknown or already used. Ask staff for a new token for this node (Edge pairs page).",
             ),
         )
     })?;
@@ -170,22 +242,19 @@ pub async fn enroll(
 }
 
 pub async fn node(db: &Db, id: i64) -> AppResult<Node> {
-    let row = sqlx::query(&format!(
-        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_one(db)
-    .await?;
+    let row = sqlx::query(&format!("{NODE_SELECT} WHERE n.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| AppError::not_found("edge node"))?;
     Ok(node_from_row(&row)?)
 }
 
 pub async fn node_by_token(db: &Db, token: &str) -> AppResult<Option<Node>> {
-    let row = sqlx::query(&format!(
-        "SELECT {NODE_COLUMNS} FROM edge_nodes WHERE node_token_hash = $1"
-    ))
-    .bind(tokens::hash(token))
-    .fetch_optional(db)
-    .await?;
+    let row = sqlx::query(&format!("{NODE_SELECT} WHERE n.node_token_hash = $1"))
+        .bind(tokens::hash(token))
+        .fetch_optional(db)
+        .await?;
     Ok(row.as_ref().map(node_from_row).transpose()?)
 }
 
@@ -200,15 +269,24 @@ pub async fn heartbeat(db: &Db, node_id: i64, applied: i64) -> AppResult<()> {
     Ok(())
 }
 
-/// Dedicates a free pair (both nodes enrolled, no app) to an app; `None` when none is free.
-pub async fn assign_free_pair(conn: &mut AnyConnection, app_id: i64) -> AppResult<Option<i64>> {
+/// Dedicates a free pair (both nodes confirmed, no app) to an app; `None` when none is free.
+/// With `not_vouched_by`, pairs that person created or confirmed are passed over (separation
+/// of duties: they may not approve the first deployment of a customer's key to it).
+pub async fn assign_free_pair(
+    conn: &mut AnyConnection,
+    app_id: i64,
+    not_vouched_by: Option<i64>,
+) -> AppResult<Option<i64>> {
     // A concurrent approval may take the pair we picked: pick again a few times.
     for _ in 0..5 {
         let candidate: Option<i64> = sqlx::query_scalar(
             "SELECT p.id FROM edge_pairs p WHERE p.app_id IS NULL \
-             AND (SELECT COUNT(*) FROM edge_nodes n WHERE n.pair_id = p.id AND n.node_token_hash IS NOT NULL) = 2 \
+             AND (SELECT COUNT(*) FROM edge_nodes n WHERE n.pair_id = p.id AND n.state = 'confirmed') = 2 \
+             AND ($1 IS NULL OR (COALESCE(p.created_by, 0) <> $1 AND NOT EXISTS (SELECT 1 FROM edge_nodes n \
+                  WHERE n.pair_id = p.id AND (COALESCE(n.issued_by, 0) = $1 OR COALESCE(n.confirmed_by, 0) = $1)))) \
              ORDER BY p.id LIMIT 1",
         )
+        .bind(not_vouched_by)
         .fetch_optional(&mut *conn)
         .await?;
         let Some(pair) = candidate else {

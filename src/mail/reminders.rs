@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::{Mail, enqueue};
-use crate::{db, startup::AppState};
+use crate::{db, state::AppState};
 
 const THRESHOLDS: [i64; 3] = [7, 14, 30];
 

@@ -13,13 +13,17 @@ use self::{
     store::Ticket,
 };
 use crate::{
-    accounts::{User, extract::ClientIp},
+    accounts::{
+        User,
+        extract::ClientIp,
+        second_factor::{self, Credential},
+    },
     apps::store::App,
     audit::{self, Entry},
     certs, edge,
     error::{AppError, AppResult, ErrorItem},
     mail::{self, Mail},
-    startup::AppState,
+    state::AppState,
 };
 
 fn ticket_link(state: &AppState, id: i64) -> String {
@@ -163,21 +167,72 @@ pub async fn open(
     store::get(&state.db, id).await
 }
 
-/// Approves an open ticket: assigns a free pair (provision) and queues the deployment.
-pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> AppResult<Ticket> {
+/// Approves an open ticket: assigns a free pair (provision) and queues the deployment. It needs
+/// a second factor from the last ten minutes (`otp` refreshes it), a pair whose nodes are both
+/// confirmed, and — for a key's deployment — an approver who did not create or confirm that
+/// pair. Refusals are audited.
+pub async fn approve(
+    state: &AppState,
+    staff: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    id: i64,
+    otp: Option<&str>,
+) -> AppResult<Ticket> {
     // A ticket the caller cannot see is a 404 before it is a 403, as for any object.
     let ticket = store::find_visible(&state.db, staff, id).await?;
+    let result = approve_visible(state, staff, credential, ip, &ticket, otp).await;
+    if let Err(err) = &result {
+        if err.status.is_client_error() {
+            audit::record(
+                &state.db,
+                Entry::new(Some(staff), "ticket.approved", "ticket", id)
+                    .app(&ticket.app)
+                    .outcome("refused")
+                    .detail(json!({"code": err.first_code()}))
+                    .ip(ip.0),
+            )
+            .await?;
+        }
+    }
+    result?;
+    store::get(&state.db, id).await
+}
+
+async fn approve_visible(
+    state: &AppState,
+    staff: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    ticket: &Ticket,
+    otp: Option<&str>,
+) -> AppResult<()> {
     staff.require_staff()?;
+    second_factor::require_fresh(state, staff, credential, ip, otp).await?;
+    let id = ticket.id;
+    let seals_key = ticket.kind != TicketKind::Remove;
+    if ticket.kind != TicketKind::Provision {
+        let mut conn = state.db.acquire().await?;
+        if let Some(pair_id) = edge::store::pair_of_app(&mut conn, ticket.app_id).await? {
+            drop(conn);
+            let pair = edge::store::pair(&state.db, pair_id).await?;
+            if seals_key {
+                edge::custody::require_confirmed(&pair)?;
+                edge::custody::check_separation(state, staff, &pair)?;
+            }
+        }
+    }
+    let not_vouched_by = state.config.separation_of_duties.then_some(staff.id);
     let mut tx = state.db.begin().await?;
     store::transition(&mut tx, id, TicketState::Approved, Some(staff.id), None).await?;
     let pair = match ticket.kind {
-        TicketKind::Provision => edge::store::assign_free_pair(&mut tx, ticket.app_id).await?.ok_or_else(|| {
-            AppError::conflict(
-                "no_free_pair",
-                "No free edge pair: every pair is dedicated to an app. Create a pair (Edge pairs page or \
-                 `certdrop edge-pairs:create`), start its two nodes, then approve again.",
-            )
-        })?,
+        TicketKind::Provision => match edge::store::assign_free_pair(&mut tx, ticket.app_id, not_vouched_by).await? {
+            Some(pair) => pair,
+            None => {
+                drop(tx);
+                return Err(no_free_pair(state, not_vouched_by).await);
+            }
+        },
         _ => edge::store::pair_of_app(&mut tx, ticket.app_id).await?.ok_or_else(|| {
             AppError::conflict("not_provisioned", "This app no longer holds an edge pair; reject the ticket.")
         })?,
@@ -186,14 +241,12 @@ pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> A
         &mut tx,
         id,
         pair,
-        ticket
-            .certificate_id
-            .filter(|_| ticket.kind != TicketKind::Remove),
+        ticket.certificate_id.filter(|_| seals_key),
     )
     .await?;
     let mail = customer_mail(
         state,
-        &ticket,
+        ticket,
         format!("Ticket #{id} approved: deploying {}", ticket.app),
         vec![
             format!("Staff approved your {} ticket for {}.", ticket.kind.as_str(), ticket.app),
@@ -212,7 +265,32 @@ pub async fn approve(state: &AppState, staff: &User, ip: ClientIp, id: i64) -> A
     tx.commit().await?;
     state.mail_wake.notify_one();
     state.deploy_wake.notify_one();
-    store::get(&state.db, id).await
+    Ok(())
+}
+
+/// Why no pair could be dedicated: none is free and confirmed, or the free ones are the
+/// approver's own (separation of duties).
+async fn no_free_pair(state: &AppState, not_vouched_by: Option<i64>) -> AppError {
+    let free_but_own = match not_vouched_by {
+        Some(_) => edge::store::list_pairs(&state.db).await.map(|pairs| {
+            pairs
+                .iter()
+                .any(|p| p.app_id.is_none() && p.nodes.iter().all(|n| n.holds_keys()))
+        }),
+        None => Ok(false),
+    };
+    match free_but_own {
+        Ok(true) => AppError::conflict(
+            "separation_of_duties",
+            "The free edge pairs were created or confirmed by you: another staff member must approve this ticket (two-person rule).",
+        ),
+        Ok(false) => AppError::conflict(
+            "no_free_pair",
+            "No free edge pair: a pair is free when no app holds it and an admin confirmed both its nodes. Create a pair \
+             (Edge pairs page or `certdrop edge-pairs:create`), start its two nodes, have an admin confirm them, then approve again.",
+        ),
+        Err(err) => err,
+    }
 }
 
 pub async fn reject(

@@ -17,12 +17,15 @@ use super::{
     store::{self, Filter, Ticket, TicketEvent},
 };
 use crate::{
-    accounts::{ApiUser, SignedIn, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
+    accounts::{
+        ApiCredential, ApiUser, SignedIn, csrf::CsrfForm, csrf::NoFields, extract::ClientIp,
+        second_factor::Credential,
+    },
     apps,
     certs::{self, store::Certificate},
     edge::{self, store::Verification},
     error::{AppError, AppResult, ErrorItem},
-    startup::AppState,
+    state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
 };
 
@@ -191,13 +194,21 @@ async fn show_api(
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
 
+#[derive(Deserialize, Default)]
+struct ApproveRequest {
+    otp: Option<String>,
+}
+
 async fn approve_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
+    ApiCredential(credential): ApiCredential,
     ip: ClientIp,
     Path(id): Path<i64>,
+    body: axum::body::Bytes,
 ) -> AppResult<Response> {
-    let ticket = super::approve(&state, &user, ip, id).await?;
+    let req: ApproveRequest = crate::web::optional_json(&body)?;
+    let ticket = super::approve(&state, &user, &credential, ip, id, req.otp.as_deref()).await?;
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
 
@@ -479,14 +490,22 @@ async fn after_action(
     }
 }
 
+#[derive(Deserialize)]
+struct ApproveForm {
+    otp: Option<String>,
+}
+
 async fn approve_page(
     State(state): State<AppState>,
     me: SignedIn,
     ip: ClientIp,
     Path(id): Path<i64>,
-    CsrfForm(_): CsrfForm<NoFields>,
+    CsrfForm(form): CsrfForm<ApproveForm>,
 ) -> PageResult {
-    let result = super::approve(&state, &me.user, ip, id).await.map(|_| ());
+    let credential = Credential::Session(me.session.clone());
+    let result = super::approve(&state, &me.user, &credential, ip, id, form.otp.as_deref())
+        .await
+        .map(|_| ());
     after_action(
         &state,
         &me,

@@ -1,4 +1,5 @@
-//! `certdrop vault:rotate`: reseal every stored key to a fresh identity, then retire the old one.
+//! `certdrop vault:rotate`: reseal every stored key (and TOTP secret) to a fresh identity, then
+//! retire the old one.
 //! Each key is resealed in its own guarded update, so the pass can be interrupted at any point:
 //! until the rotation finishes, the current, next and retired identity files all stay on disk
 //! and the vault opens keys with any of them. Running it again completes the rotation.
@@ -52,14 +53,36 @@ pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> 
     })
 }
 
-/// Reseals, one row at a time, every stored key not yet sealed to `recipient`.
+/// What the vault seals: private keys of certificates, and accounts' TOTP secrets.
+const SEALED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("certificates", "sealed_key", "vault_recipient"),
+    ("users", "totp_sealed", "totp_vault_recipient"),
+];
+
+/// Reseals, one row at a time, every stored secret not yet sealed to `recipient`.
 async fn reseal_all(db: &Db, openers: &[Identity], recipient: &str) -> anyhow::Result<u64> {
+    let mut done = 0;
+    for (table, sealed_column, recipient_column) in SEALED_COLUMNS {
+        done += reseal_table(db, openers, recipient, table, sealed_column, recipient_column).await?;
+    }
+    Ok(done)
+}
+
+async fn reseal_table(
+    db: &Db,
+    openers: &[Identity],
+    recipient: &str,
+    table: &str,
+    sealed_column: &str,
+    recipient_column: &str,
+) -> anyhow::Result<u64> {
     let mut done = 0;
     let mut after = 0i64;
     loop {
-        let rows = sqlx::query(
-            "SELECT id, sealed_key FROM certificates WHERE vault_recipient <> $1 AND id > $2 ORDER BY id LIMIT 100",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT id, {sealed_column} AS sealed FROM {table} \
+             WHERE {sealed_column} IS NOT NULL AND {recipient_column} <> $1 AND id > $2 ORDER BY id LIMIT 100"
+        ))
         .bind(recipient)
         .bind(after)
         .fetch_all(db)
@@ -69,16 +92,16 @@ async fn reseal_all(db: &Db, openers: &[Identity], recipient: &str) -> anyhow::R
         }
         for row in rows {
             let id: i64 = row.try_get("id")?;
-            let sealed: String = row.try_get("sealed_key")?;
+            let sealed: String = row.try_get("sealed")?;
             after = id;
             let key = open_with(openers, &sealed).with_context(|| {
-                format!("certificate {id}: its key opens with none of the vault identities")
+                format!("{table} {id}: its sealed secret opens with none of the vault identities")
             })?;
             let fresh = seal_to(recipient, &key)?;
             // Guarded on the old ciphertext: a concurrent change to the row is never overwritten.
-            sqlx::query(
-                "UPDATE certificates SET sealed_key = $1, vault_recipient = $2 WHERE id = $3 AND sealed_key = $4",
-            )
+            sqlx::query(&format!(
+                "UPDATE {table} SET {sealed_column} = $1, {recipient_column} = $2 WHERE id = $3 AND {sealed_column} = $4"
+            ))
             .bind(&fresh.armored)
             .bind(recipient)
             .bind(id)

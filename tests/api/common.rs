@@ -143,7 +143,7 @@ pub struct TestApp {
     pub address: String,
     pub db: Db,
     pub vault: Arc<certdrop::vault::Vault>,
-    pub state: certdrop::startup::AppState,
+    pub state: certdrop::state::AppState,
     pub data_dir: TempDir,
     pub database: TestDatabase,
     _server: tokio::task::JoinHandle<()>,

@@ -25,6 +25,8 @@ pub struct NodeArgs {
     pub http_listen: Option<SocketAddr>,
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
+    /// The fleet key's signature over this node's recipient (`certdrop fleet:attest`).
+    pub attestation: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -79,19 +81,31 @@ impl Node {
     }
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+/// The node's own age identity in `data_dir`, created (0600, in a 0700 directory) on first use.
+pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<age::x25519::Identity> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let identity_path = args.data_dir.join("node-identity.age");
+    let identity_path = data_dir.join("node-identity.age");
     if !identity_path.exists() {
         vault::write_identity(&identity_path, &age::x25519::Identity::generate())?;
     }
-    let identity = vault::read_identity(&identity_path)?;
+    vault::read_identity(&identity_path)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let identity = load_identity(&args.data_dir)?;
+    // Like ssh's host key: the admin who confirms this node compares this line with the page.
+    let recipient = identity.to_public().to_string();
+    eprintln!(
+        "certdrop edge: this node's key fingerprint is {} (recipient {recipient}).\n\
+         An admin must confirm this fingerprint on the control plane's Edge pairs page before any key is sealed to this node.",
+        super::recipient_fingerprint(&recipient)
+    );
 
     // One TLS listener per core (SO_REUSEPORT): each serves its connections on its own
     // single-threaded runtime, like nginx's worker processes, with no cross-thread hand-offs.
@@ -193,6 +207,7 @@ async fn credentials(
             recipient: identity.to_public().to_string(),
             address,
             http_address: http_addr.map(|a| a.to_string()),
+            attestation: args.attestation.clone(),
         })
         .send()
         .await
@@ -205,6 +220,12 @@ async fn credentials(
         );
     }
     let enrolled: Enrolled = resp.json().await?;
+    if enrolled.state != "confirmed" {
+        tracing::warn!(
+            pair = %enrolled.pair,
+            "edge: enrolled, waiting for an admin to confirm this node's fingerprint; it serves nothing until then"
+        );
+    }
     let creds = Credentials {
         control_plane,
         node_id: enrolled.node_id,

@@ -1,0 +1,367 @@
+//! Second factors: TOTP enrolment and checks (each code accepted once), recovery codes (each
+//! used once), and the rule that sensitive actions need a second factor from the last ten
+//! minutes. The TOTP secret is sealed to the vault like a private key and opened in memory only
+//! to check a code; recovery codes are stored as SHA-256 hashes.
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::Row;
+use tower_sessions::Session;
+use zeroize::Zeroizing;
+
+use super::{
+    User,
+    extract::ClientIp,
+    tokens,
+    totp::{self, TotpSecret},
+};
+use crate::{
+    audit::{self, Entry},
+    db::{self, Db},
+    error::{AppError, AppResult, ErrorItem},
+    state::AppState,
+    vault::{PlainKey, Vault},
+};
+
+/// How long a second factor counts as fresh for approving, confirming and changing roles.
+pub const FRESH_SECONDS: i64 = 600;
+/// The session key holding when this session last proved a second factor (unix seconds).
+pub const SESSION_FACTOR_AT: &str = "second_factor_at";
+
+/// What proved who the caller is, so a fresh second factor is tracked per credential: a
+/// stolen token never profits from its owner's recent browser sign-in.
+pub enum Credential {
+    Session(Session),
+    Token(i64),
+}
+
+/// The API token a request was authenticated with (set by the `ApiUser` extractor).
+#[derive(Clone, Copy, Debug)]
+pub struct ApiTokenId(pub i64);
+
+pub fn otp_required(message: &str) -> AppError {
+    AppError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorItem::new("otp_required", message).on("otp"),
+    )
+}
+
+fn otp_invalid() -> AppError {
+    AppError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorItem::new(
+            "otp_invalid",
+            "That code is wrong or was already used. Enter the current code from your authenticator app (each code works once), or one of your unused recovery codes.",
+        )
+        .on("otp"),
+    )
+}
+
+/// When the user's TOTP was confirmed, if it was.
+pub async fn enabled_at(db: &Db, user_id: i64) -> AppResult<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT totp_enabled_at FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(db)
+            .await?
+            .flatten(),
+    )
+}
+
+fn open_secret(vault: &Vault, sealed: String) -> AppResult<TotpSecret> {
+    let vault_key = vault.open(&sealed)?;
+    TotpSecret::from_base32(vault_key.pem())
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a stored TOTP secret is damaged")))
+}
+
+fn seal_secret(vault: &Vault, secret: &TotpSecret) -> AppResult<crate::vault::SealedKey> {
+    Ok(vault.seal(&PlainKey::from_pem(Zeroizing::new(
+        secret.base32().to_string(),
+    )))?)
+}
+
+/// The secret of an enrolment in progress: the pending one, or a new one sealed and stored.
+/// Reloading the enrolment page keeps the secret the authenticator may have scanned already.
+pub async fn pending_secret(state: &AppState, user: &User) -> AppResult<TotpSecret> {
+    let row = sqlx::query("SELECT totp_sealed, totp_enabled_at FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&state.db)
+        .await?;
+    if row.try_get::<Option<i64>, _>("totp_enabled_at")?.is_some() {
+        return Err(AppError::conflict(
+            "already_enrolled",
+            "This account already has an authenticator. Sign in with its code.",
+        ));
+    }
+    if let Some(sealed) = row.try_get::<Option<String>, _>("totp_sealed")? {
+        return open_secret(&state.vault, sealed);
+    }
+    let secret = TotpSecret::generate();
+    let sealed = seal_secret(&state.vault, &secret)?;
+    sqlx::query(
+        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2 WHERE id = $3 AND totp_enabled_at IS NULL",
+    )
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(user.id)
+    .execute(&state.db)
+    .await?;
+    Ok(secret)
+}
+
+/// Replaces the recovery codes of a user with ten new ones, returned once.
+async fn new_recovery_codes(
+    conn: &mut sqlx::AnyConnection,
+    user_id: i64,
+) -> AppResult<Vec<Zeroizing<String>>> {
+    let codes = totp::recovery_codes();
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    for code in &codes {
+        sqlx::query(
+            "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(user_id)
+        .bind(tokens::hash(code))
+        .bind(db::now())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(codes)
+}
+
+/// Confirms an enrolment with a code from the authenticator; returns the recovery codes,
+/// which are shown once.
+pub async fn confirm_enrolment(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    code: &str,
+) -> AppResult<Vec<Zeroizing<String>>> {
+    limit(state, ip, user)?;
+    let secret = pending_secret(state, user).await?;
+    let now = db::now();
+    let Some(step) = secret.matching_step(code, now) else {
+        return Err(otp_invalid());
+    };
+    let mut tx = state.db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE users SET totp_enabled_at = $1, totp_last_step = $2 WHERE id = $3 AND totp_enabled_at IS NULL",
+    )
+    .bind(now)
+    .bind(step)
+    .bind(user.id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(AppError::conflict(
+            "already_enrolled",
+            "This account already has an authenticator. Sign in with its code.",
+        ));
+    }
+    let codes = new_recovery_codes(&mut tx, user.id).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "user.second_factor_enrolled", "user", user.id).ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(codes)
+}
+
+/// Replaces a user's recovery codes with ten new ones (the old ones stop working).
+pub async fn replace_recovery_codes(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+) -> AppResult<Vec<Zeroizing<String>>> {
+    let mut tx = state.db.begin().await?;
+    let codes = new_recovery_codes(&mut tx, user.id).await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "user.recovery_codes_replaced", "user", user.id).ip(ip.0),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(codes)
+}
+
+/// Enrols a user at once (the server shell's `users:create`): the secret and recovery codes.
+pub async fn enrol_now(
+    db: &Db,
+    vault: &Vault,
+    user_id: i64,
+) -> AppResult<(TotpSecret, Vec<Zeroizing<String>>)> {
+    let secret = TotpSecret::generate();
+    let sealed = seal_secret(vault, &secret)?;
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2, totp_enabled_at = $3 WHERE id = $4",
+    )
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(db::now())
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    let codes = new_recovery_codes(&mut tx, user_id).await?;
+    tx.commit().await?;
+    Ok((secret, codes))
+}
+
+fn limit(state: &AppState, ip: ClientIp, user: &User) -> AppResult<()> {
+    let ip = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    state
+        .login_limiter
+        .check(ip, &format!("second-factor:{}", user.email))
+}
+
+/// Which kind of second factor was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    Totp,
+    /// A recovery code, now spent; `remaining` are left.
+    RecoveryCode { remaining: i64 },
+}
+
+/// Checks a TOTP code or a recovery code of an enrolled user. Each TOTP code is accepted once
+/// (a guarded update on the last step), each recovery code once (a guarded `used_at`).
+pub async fn verify(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    code: &str,
+) -> AppResult<Accepted> {
+    limit(state, ip, user)?;
+    let row = sqlx::query("SELECT totp_sealed, totp_enabled_at FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&state.db)
+        .await?;
+    let sealed = match (
+        row.try_get::<Option<String>, _>("totp_sealed")?,
+        row.try_get::<Option<i64>, _>("totp_enabled_at")?,
+    ) {
+        (Some(sealed), Some(_)) => sealed,
+        _ => {
+            return Err(otp_required(
+                "This account has no authenticator yet: sign in in the browser to set one up.",
+            ));
+        }
+    };
+    let accepted = if totp::is_totp_code(code) {
+        let secret = open_secret(&state.vault, sealed)?;
+        let step = secret.matching_step(code, db::now());
+        match step {
+            Some(step) => sqlx::query(
+                "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1",
+            )
+            .bind(step)
+            .bind(user.id)
+            .execute(&state.db)
+            .await?
+            .rows_affected()
+                == 1,
+            None => false,
+        }
+        .then_some(Accepted::Totp)
+    } else {
+        let used = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(db::now())
+        .bind(user.id)
+        .bind(tokens::hash(&totp::normalize_recovery_code(code)))
+        .execute(&state.db)
+        .await?;
+        if used.rows_affected() == 1 {
+            let remaining: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+            )
+            .bind(user.id)
+            .fetch_one(&state.db)
+            .await?;
+            Some(Accepted::RecoveryCode { remaining })
+        } else {
+            None
+        }
+    };
+    match accepted {
+        Some(how) => {
+            if let Accepted::RecoveryCode { remaining } = how {
+                audit::record(
+                    &state.db,
+                    Entry::new(Some(user), "user.recovery_code_used", "user", user.id)
+                        .detail(json!({"remaining": remaining}))
+                        .ip(ip.0),
+                )
+                .await?;
+            }
+            Ok(how)
+        }
+        None => {
+            audit::record(
+                &state.db,
+                Entry::new(Some(user), "user.second_factor", "user", user.id)
+                    .outcome("refused")
+                    .ip(ip.0),
+            )
+            .await?;
+            Err(otp_invalid())
+        }
+    }
+}
+
+/// Demands a second factor from the last ten minutes on this credential, or a code now
+/// (`otp`), which then refreshes the credential.
+pub async fn require_fresh(
+    state: &AppState,
+    user: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    otp: Option<&str>,
+) -> AppResult<()> {
+    let now = db::now();
+    let last: Option<i64> = match credential {
+        Credential::Session(session) => session
+            .get::<i64>(SESSION_FACTOR_AT)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?,
+        Credential::Token(id) => {
+            sqlx::query_scalar("SELECT second_factor_at FROM api_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&state.db)
+                .await?
+                .flatten()
+        }
+    };
+    if last.is_some_and(|at| now - at <= FRESH_SECONDS) {
+        return Ok(());
+    }
+    let Some(code) = otp.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Err(otp_required(
+            "This action needs a second factor from the last 10 minutes: enter the current code from your authenticator app.",
+        ));
+    };
+    verify(state, user, ip, code).await?;
+    mark_fresh(state, credential, now).await
+}
+
+/// Records that `credential` proved a second factor at `at`.
+pub async fn mark_fresh(state: &AppState, credential: &Credential, at: i64) -> AppResult<()> {
+    match credential {
+        Credential::Session(session) => session
+            .insert(SESSION_FACTOR_AT, at)
+            .await
+            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}"))),
+        Credential::Token(id) => {
+            sqlx::query("UPDATE api_tokens SET second_factor_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(id)
+                .execute(&state.db)
+                .await?;
+            Ok(())
+        }
+    }
+}

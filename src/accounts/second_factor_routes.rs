@@ -1,0 +1,305 @@
+//! Second-factor pages: the sign-in step after the password (a code, or enrolment with a QR
+//! code for staff and admins who have none yet), and the account's security page (optional
+//! enrolment for customers, new recovery codes).
+
+use askama::Template;
+use axum::{
+    Router,
+    extract::{Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use tower_sessions::Session;
+use zeroize::Zeroizing;
+
+use super::{
+    SignedIn, User, Viewer,
+    csrf::CsrfForm,
+    extract::ClientIp,
+    routes::{PENDING_KEY, PENDING_SECONDS, PendingSignIn, start_session},
+    second_factor::{self, Accepted, Credential},
+    store,
+    totp::{self, TotpSecret},
+};
+use crate::{
+    db,
+    error::{AppError, AppResult},
+    state::AppState,
+    web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/login/second-factor",
+            get(second_factor_page).post(second_factor_submit),
+        )
+        .route("/account/security", get(security_page))
+        .route("/account/security/enrol", post(enrol_submit))
+        .route("/account/security/recovery-codes", post(new_codes_submit))
+}
+
+/// What an authenticator app needs to enrol: the QR code, and the same secret to type in.
+pub struct EnrolmentView {
+    pub qr_svg: String,
+    pub secret: Zeroizing<String>,
+    pub uri: Zeroizing<String>,
+}
+
+impl EnrolmentView {
+    fn new(secret: &TotpSecret, email: &str) -> Self {
+        let uri = secret.otpauth_uri(email);
+        Self {
+            qr_svg: totp::qr_svg(&uri),
+            secret: secret.base32(),
+            uri,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "accounts/second_factor.html")]
+struct SecondFactorPage {
+    chrome: Chrome,
+    email: String,
+    next: String,
+    enrolment: Option<EnrolmentView>,
+    errors: FormErrors,
+}
+
+#[derive(Template)]
+#[template(path = "accounts/recovery_codes.html")]
+struct RecoveryCodesPage {
+    chrome: Chrome,
+    codes: Vec<Zeroizing<String>>,
+    next: String,
+}
+
+/// The user whose password was right a moment ago, if the sign-in has not timed out.
+async fn pending_user(state: &AppState, session: &Session) -> AppResult<Option<User>> {
+    let pending = session
+        .get::<PendingSignIn>(PENDING_KEY)
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+    match pending {
+        Some(p) if db::now() - p.at <= PENDING_SECONDS => store::find_user(&state.db, p.user_id).await,
+        _ => Ok(None),
+    }
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn render_step(
+    state: &AppState,
+    viewer: &Viewer,
+    user: &User,
+    next: &str,
+    status: StatusCode,
+    errors: FormErrors,
+) -> PageResult {
+    let enrolment = match second_factor::enabled_at(&state.db, user.id).await? {
+        Some(_) => None,
+        None => Some(EnrolmentView::new(
+            &second_factor::pending_secret(state, user).await?,
+            &user.email,
+        )),
+    };
+    Ok(render_status(
+        status,
+        &SecondFactorPage {
+            chrome: viewer.chrome().await?,
+            email: user.email.clone(),
+            next: next.to_string(),
+            enrolment,
+            errors,
+        },
+    )?)
+}
+
+async fn second_factor_page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<NextQuery>,
+) -> PageResult {
+    let next = web::safe_next(q.next.as_deref());
+    match pending_user(&state, &viewer.session).await? {
+        Some(user) => render_step(&state, &viewer, &user, next, StatusCode::OK, FormErrors::default()).await,
+        None => Ok(see_other("/login")),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    otp: String,
+    next: Option<String>,
+}
+
+async fn second_factor_submit(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<CodeForm>,
+) -> PageResult {
+    let next = web::safe_next(form.next.as_deref()).to_string();
+    let Some(user) = pending_user(&state, &viewer.session).await? else {
+        web::flash(
+            &viewer.session,
+            "error",
+            "Your sign-in timed out; enter your password again.",
+        )
+        .await?;
+        return Ok(see_other("/login"));
+    };
+    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+    let result = if enrolled {
+        second_factor::verify(&state, &user, ip, &form.otp)
+            .await
+            .map(|how| (how, Vec::new()))
+    } else {
+        second_factor::confirm_enrolment(&state, &user, ip, &form.otp)
+            .await
+            .map(|codes| (Accepted::Totp, codes))
+    };
+    match result {
+        Ok((how, codes)) => {
+            start_session(&viewer.session, &user, Some(db::now())).await?;
+            if !codes.is_empty() {
+                // Enrolled just now: the recovery codes are shown this once.
+                let chrome = Chrome::new(&viewer.session, Some(&user)).await?;
+                return show_codes(chrome, codes, &next);
+            }
+            if let Accepted::RecoveryCode { remaining } = how {
+                web::flash(
+                    &viewer.session,
+                    "ok",
+                    format!(
+                        "Signed in with a recovery code; {remaining} left. Make new ones on your Security page if you are running low."
+                    ),
+                )
+                .await?;
+            }
+            Ok(see_other(&next))
+        }
+        Err(err) if err.status.is_client_error() => {
+            let status = err.status;
+            render_step(&state, &viewer, &user, &next, status, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "accounts/security.html")]
+struct SecurityPage {
+    chrome: Chrome,
+    enabled_at: Option<i64>,
+    remaining_codes: i64,
+    enrolment: Option<EnrolmentView>,
+    required: bool,
+    errors: FormErrors,
+}
+
+async fn render_security(
+    state: &AppState,
+    me: &SignedIn,
+    status: StatusCode,
+    errors: FormErrors,
+) -> PageResult {
+    let enabled_at = second_factor::enabled_at(&state.db, me.user.id).await?;
+    let enrolment = match enabled_at {
+        Some(_) => None,
+        None => Some(EnrolmentView::new(
+            &second_factor::pending_secret(state, &me.user).await?,
+            &me.user.email,
+        )),
+    };
+    let remaining_codes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+    )
+    .bind(me.user.id)
+    .fetch_one(&state.db)
+    .await?;
+    Ok(render_status(
+        status,
+        &SecurityPage {
+            chrome: me.chrome().await?,
+            enabled_at,
+            remaining_codes,
+            enrolment,
+            required: me.user.role.is_staff(),
+            errors,
+        },
+    )?)
+}
+
+async fn security_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
+    render_security(&state, &me, StatusCode::OK, FormErrors::default()).await
+}
+
+#[derive(Deserialize)]
+struct OtpForm {
+    otp: String,
+}
+
+fn show_codes(chrome: Chrome, codes: Vec<Zeroizing<String>>, next: &str) -> PageResult {
+    Ok(render(&RecoveryCodesPage {
+        chrome,
+        codes,
+        next: next.to_string(),
+    })?)
+}
+
+/// A customer (or anyone without one yet) sets up an authenticator from the account page.
+async fn enrol_submit(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<OtpForm>,
+) -> PageResult {
+    match second_factor::confirm_enrolment(&state, &me.user, ip, &form.otp).await {
+        Ok(codes) => {
+            second_factor::mark_fresh(&state, &Credential::Session(me.session.clone()), db::now())
+                .await?;
+            show_codes(me.chrome().await?, codes, "/account/security")
+        }
+        Err(err) if err.status.is_client_error() => {
+            let status = err.status;
+            render_security(&state, &me, status, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Replaces the recovery codes (the old ones stop working), after a fresh second factor.
+async fn new_codes_submit(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    CsrfForm(form): CsrfForm<OtpForm>,
+) -> PageResult {
+    let credential = Credential::Session(me.session.clone());
+    let result = async {
+        if second_factor::enabled_at(&state.db, me.user.id).await?.is_none() {
+            return Err(AppError::conflict(
+                "not_enrolled",
+                "Set up an authenticator first; recovery codes come with it.",
+            ));
+        }
+        second_factor::require_fresh(&state, &me.user, &credential, ip, Some(&form.otp)).await?;
+        second_factor::replace_recovery_codes(&state, &me.user, ip).await
+    }
+    .await;
+    match result {
+        Ok(codes) => show_codes(me.chrome().await?, codes, "/account/security"),
+        Err(err) if err.status.is_client_error() => {
+            let status = err.status;
+            render_security(&state, &me, status, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
