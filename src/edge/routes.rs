@@ -477,8 +477,9 @@ async fn config_api(
 }
 
 /// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it.
-/// A node that is not confirmed gets nothing to serve.
+/// A node that is not confirmed (read now: a long-poll outlives its start) gets nothing to serve.
 async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
+    let node = &store::node(&state.db, node.id).await?;
     let row = sqlx::query(
         "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
          FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN certificates c ON c.id = p.certificate_id \

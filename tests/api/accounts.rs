@@ -245,14 +245,27 @@ db_test! {
         let customer = app.signed_in_browser("cid@example.com", Role::Customer).await;
         let refused = customer.submit("/apps", &format!("/admin/users/{id}/role"), &[("role", "admin")]).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        // A raise takes two admins: the first one's change is only a request.
         let resp = admin.submit("/admin/users", &format!("/admin/users/{id}/role"), &[("role", "staff")]).await;
+        assert_eq!(resp.status, StatusCode::SEE_OTHER);
+        assert_eq!(app.count("SELECT COUNT(*) FROM users WHERE email = 'ann@example.com' AND role = 'staff'").await, 0);
+        assert!(admin.get("/admin/users").await.body.contains("staff asked by ada@example.com"));
+        let again = admin.submit("/admin/users", &format!("/admin/users/{id}/role"), &[("role", "staff")]).await;
+        assert_eq!(again.status, StatusCode::CONFLICT);
+        assert!(again.body.contains("another admin must approve it"), "{}", again.body);
+        let ben = app.signed_in_browser("ben@example.com", Role::Admin).await;
+        let resp = ben.submit("/admin/users", &format!("/admin/users/{id}/role"), &[("role", "staff")]).await;
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
         assert_eq!(app.count("SELECT COUNT(*) FROM users WHERE email = 'ann@example.com' AND role = 'staff'").await, 1);
         let detail: String = sqlx::query_scalar("SELECT detail FROM audit_events WHERE action = 'user.role_changed'")
             .fetch_one(&app.db)
             .await
             .unwrap();
-        assert_eq!(detail, r#"{"from":"customer","to":"staff"}"#);
+        assert_eq!(detail, r#"{"from":"customer","requested_by":"ada@example.com","to":"staff"}"#);
+        // Lowering a role takes one admin.
+        let resp = admin.submit("/admin/users", &format!("/admin/users/{id}/role"), &[("role", "customer")]).await;
+        assert_eq!(resp.status, StatusCode::SEE_OTHER);
+        assert_eq!(app.count("SELECT COUNT(*) FROM users WHERE email = 'ann@example.com' AND role = 'customer'").await, 1);
         let page = admin.get("/admin/audit?action=user.role_changed").await;
         assert!(page.body.contains("user.role_changed"));
     }

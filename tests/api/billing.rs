@@ -48,7 +48,8 @@ db_test! {
         let staff = app.api_user("sam@example.com", Role::Staff).await;
         let sue = app.api_user("sue@example.com", Role::Staff).await;
         let admin = app.api_user("ada@example.com", Role::Admin).await;
-        let _nodes = start_pair(&app.address, &staff, "edge-b").await;
+        let (ops, keys) = app.crew().await;
+        let _nodes = start_pair(&app.address, ops, keys, "edge-b").await;
         let backend = echo_backend().await;
         let ann = app.api_user("ann@example.com", Role::Customer).await;
         ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
@@ -250,33 +251,17 @@ async fn a_month_of_100000_events_exports_as_a_stream() {
         100_000
     );
 
-    let out = crate::common::certdrop_command(
-        &[
-            "users:create",
-            "--email",
-            "ada@example.com",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ],
+    let admin = crate::common::cli_user(
+        &server.address,
         &[
             ("CERTDROP_DATA_DIR", data.path().display().to_string()),
             ("CERTDROP_DATABASE_URL", database.url.clone()),
         ],
-        Some("correct horse battery\n"),
-    );
-    assert!(out.status.success());
-    let token = server
-        .api(None)
-        .post(
-            "/api/v1/tokens",
-            json!({"email": "ada@example.com", "password": "correct horse battery"}),
-        )
-        .await
-        .json["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        "ada@example.com",
+        "admin",
+    )
+    .await;
+    let token = admin.token.clone().unwrap();
     // Warm up (a small month), then measure the big one.
     let client = reqwest::Client::new();
     let small = client

@@ -13,7 +13,7 @@ use fantoccini::{Client, ClientBuilder, Locator, key::Key};
 use serde_json::json;
 
 use crate::{
-    common::{Backend, TestApp, require_or_skip},
+    common::{Authenticator, Backend, TestApp, require_or_skip},
     edge::start_pair,
     edge_support::echo_backend,
     pki::{self, Alg},
@@ -27,6 +27,8 @@ struct Chrome {
     shots: PathBuf,
     downloads: tempfile::TempDir,
     base: String,
+    /// The authenticator apps of the people signing in, by email.
+    authenticators: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Authenticator>>>,
 }
 
 impl Drop for Chrome {
@@ -102,6 +104,7 @@ impl Chrome {
             shots,
             downloads,
             base: base.to_string(),
+            authenticators: Default::default(),
         })
     }
 
@@ -232,7 +235,55 @@ impl Chrome {
             .send_keys(&char::from(Key::Enter).to_string())
             .await
             .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.path().await.as_str() {
+                "/apps" => return,
+                "/login/second-factor" => break,
+                other => assert!(Instant::now() < deadline, "still on {other} after the password"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The second factor: enrolment with the QR code the first time, a code afterwards.
+        if let Ok(key) = self.client.find(Locator::Id("totp-secret")).await {
+            assert!(
+                self.client.find(Locator::Css("figure.qr svg")).await.is_ok(),
+                "the QR code is shown"
+            );
+            self.check_page("authenticator enrolment").await;
+            self.shot("00-enrol-second-factor").await;
+            let secret = key.text().await.unwrap();
+            self.authenticators.lock().unwrap().insert(
+                email.to_string(),
+                std::sync::Arc::new(Authenticator::from_text(&secret)),
+            );
+        }
+        let authenticator = self.authenticators.lock().unwrap()[email].clone();
+        self.fill("otp", &authenticator.code().await).await;
+        let enrolling = self.text().await.contains("Set up your authenticator");
+        if enrolling {
+            self.click("Confirm and sign in").await;
+            let codes = self
+                .client
+                .find_all(Locator::Css("#recovery-codes li"))
+                .await
+                .unwrap();
+            assert_eq!(codes.len(), 10, "ten recovery codes are shown once");
+            self.check_page("recovery codes").await;
+            self.shot("00-recovery-codes").await;
+            self.click("I have stored them").await;
+        } else {
+            self.click("Verify and sign in").await;
+        }
         self.wait_for_path("/apps").await;
+    }
+
+    /// Remembers `email`'s authenticator (for an account enrolled outside the browser).
+    fn know(&self, email: &str, authenticator: std::sync::Arc<Authenticator>) {
+        self.authenticators
+            .lock()
+            .unwrap()
+            .insert(email.to_string(), authenticator);
     }
 
     async fn sign_out(&self) {
@@ -320,25 +371,14 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     let Some(chrome) = Chrome::start(&app.address).await else {
         return;
     };
-    let staff_pw = app.user("sam@example.com", Role::Staff).await;
+    // Sam (staff) has no authenticator yet: the first sign-in enrols one.
+    let staff_pw = app
+        .user_without_second_factor("sam@example.com", Role::Staff)
+        .await;
     let admin_pw = app.user("ada@example.com", Role::Admin).await;
-    let staff_api = {
-        let token = app
-            .api_anonymous()
-            .post(
-                "/api/v1/tokens",
-                json!({"email": "sam@example.com", "password": staff_pw}),
-            )
-            .await
-            .json["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mut api = app.api_anonymous();
-        api.token = Some(token);
-        api
-    };
-    let _nodes = start_pair(&app.address, &staff_api, "edge-web").await;
+    chrome.know("ada@example.com", app.authenticator("ada@example.com"));
+    let (ops, keys) = app.crew().await;
+    let _nodes = start_pair(&app.address, ops, keys, "edge-web").await;
     let backend = echo_backend().await;
 
     let inter = pki::intermediate("Browser Test Intermediate", &root);

@@ -4,8 +4,13 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use certdrop::{
-    accounts::{Role, password, store},
+    accounts::{
+        Role, password, second_factor, store,
+        totp::{self, TotpSecret},
+    },
     config::Config,
     db::Db,
     startup::Application,
@@ -139,6 +144,48 @@ impl TestDatabase {
     }
 }
 
+/// An authenticator app as its owner holds it: the enrolled secret, and the last step it gave
+/// a code for (the server accepts each code once, so the next code is of a later step).
+pub struct Authenticator {
+    secret: TotpSecret,
+    last_step: std::sync::Mutex<i64>,
+}
+
+impl Authenticator {
+    pub fn new(secret: TotpSecret) -> Self {
+        Self {
+            secret,
+            last_step: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// From what `certdrop users:create` printed (its `otpauth://…secret=…` line) or a page's key.
+    pub fn from_text(text: &str) -> Self {
+        let secret = text
+            .split(|c: char| c == '?' || c == '&' || c.is_whitespace())
+            .find_map(|part| part.strip_prefix("secret="))
+            .unwrap_or(text.trim());
+        Self::new(TotpSecret::from_base32(secret).expect("a base32 TOTP secret"))
+    }
+
+    /// The next code the server will accept: the current step's, or the next step's when the
+    /// current one was used already (waiting when both were).
+    pub async fn code(&self) -> String {
+        loop {
+            let now = totp::step_of(time::OffsetDateTime::now_utc().unix_timestamp());
+            {
+                let mut last = self.last_step.lock().unwrap();
+                let step = now.max(*last + 1);
+                if step <= now + 1 {
+                    *last = step;
+                    return self.secret.code_at_step(step);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     pub db: Db,
@@ -146,6 +193,8 @@ pub struct TestApp {
     pub state: certdrop::state::AppState,
     pub data_dir: TempDir,
     pub database: TestDatabase,
+    authenticators: std::sync::Mutex<HashMap<String, Arc<Authenticator>>>,
+    crew: tokio::sync::OnceCell<(Api, Api)>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -188,6 +237,8 @@ impl TestApp {
             state,
             data_dir,
             database,
+            authenticators: Default::default(),
+            crew: Default::default(),
             _server: server,
         })
     }
@@ -207,8 +258,29 @@ impl TestApp {
         ]
     }
 
-    /// Creates a user directly in the database; returns the password.
+    /// Creates a user directly in the database, with a second factor for staff and admins as
+    /// `certdrop users:create` enrols one; returns the password.
     pub async fn user(&self, email: &str, role: Role) -> String {
+        let pw = self.user_without_second_factor(email, role).await;
+        if role.is_staff() {
+            let id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+            let (secret, _) = second_factor::enrol_now(&self.db, &self.vault, id)
+                .await
+                .unwrap();
+            self.authenticators
+                .lock()
+                .unwrap()
+                .insert(email.to_string(), Arc::new(Authenticator::new(secret)));
+        }
+        pw
+    }
+
+    /// Creates a user with no second factor (a staff member then enrols at first sign-in).
+    pub async fn user_without_second_factor(&self, email: &str, role: Role) -> String {
         let pw = format!("pw-{}-long-enough", uuid::Uuid::new_v4().simple());
         let hash = password::hash(SecretString::from(pw.clone()))
             .await
@@ -219,14 +291,28 @@ impl TestApp {
         pw
     }
 
-    /// A user with an API client signed in as them.
+    /// The authenticator of a user created by `user` with a second factor.
+    pub fn authenticator(&self, email: &str) -> Arc<Authenticator> {
+        self.authenticators.lock().unwrap()[email].clone()
+    }
+
+    /// The next authenticator code of `email`.
+    pub async fn otp(&self, email: &str) -> String {
+        self.authenticator(email).code().await
+    }
+
+    /// A user with an API client signed in as them (with their code, for staff and admins).
     pub async fn api_user(&self, email: &str, role: Role) -> Api {
         let pw = self.user(email, role).await;
+        let otp = match role.is_staff() {
+            true => Some(self.otp(email).await),
+            false => None,
+        };
         let resp = self
             .api_anonymous()
             .post(
                 "/api/v1/tokens",
-                serde_json::json!({"email": email, "password": pw}),
+                serde_json::json!({"email": email, "password": pw, "otp": otp}),
             )
             .await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
@@ -253,9 +339,21 @@ impl TestApp {
     pub async fn signed_in_browser(&self, email: &str, role: Role) -> Browser {
         let pw = self.user(email, role).await;
         let browser = self.browser();
-        let resp = browser.log_in(email, &pw).await;
-        assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+        self.log_in(&browser, email, &pw).await;
         browser
+    }
+
+    /// Signs `browser` in: the password, then the authenticator code when one is asked for.
+    pub async fn log_in(&self, browser: &Browser, email: &str, password: &str) {
+        let resp = browser.log_in(email, password).await;
+        assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+        if resp.location().starts_with("/login/second-factor") {
+            let code = self.otp(email).await;
+            let resp = browser
+                .submit(resp.location(), "/login/second-factor", &[("otp", &code)])
+                .await;
+            assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+        }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -303,6 +401,7 @@ impl Resp {
 }
 
 /// A JSON API client, optionally with a bearer token.
+#[derive(Clone)]
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
@@ -635,18 +734,32 @@ pub fn certdrop_command(
 }
 
 impl TestApp {
-    /// A staff member's API client, an edge pair, and two enrolled nodes that are not running
+    /// The people who run the edge fleet here: a staff member who creates pairs and an admin
+    /// who confirms their nodes (neither may then approve deployments to those pairs).
+    pub async fn crew(&self) -> &(Api, Api) {
+        self.crew
+            .get_or_init(|| async {
+                (
+                    self.api_user("ops@certdrop.test", Role::Staff).await,
+                    self.api_user("keys@certdrop.test", Role::Admin).await,
+                )
+            })
+            .await
+    }
+
+    /// A staff member's API client, and a confirmed edge pair whose two nodes are not running
     /// (for tests of the control plane alone). Returns the staff client.
     pub async fn staff_with_idle_pair(&self, staff_email: &str) -> Api {
-        let staff = self
-            .api_user(staff_email, certdrop::accounts::Role::Staff)
-            .await;
-        self.idle_pair(&staff, "pair-a").await;
+        let staff = self.api_user(staff_email, Role::Staff).await;
+        self.idle_pair("pair-a").await;
         staff
     }
 
-    pub async fn idle_pair(&self, staff: &Api, name: &str) {
-        let pair = staff
+    /// A pair created by the crew's staff member, its nodes enrolled with recipients made here
+    /// and confirmed by the crew's admin after comparing fingerprints.
+    pub async fn idle_pair(&self, name: &str) {
+        let (ops, keys) = self.crew().await;
+        let pair = ops
             .post("/api/v1/edge-pairs", serde_json::json!({"name": name}))
             .await;
         assert_eq!(pair.status, StatusCode::CREATED, "{}", pair.body);
@@ -660,8 +773,22 @@ impl TestApp {
                 )
                 .await;
             assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+            let id = resp.json["node_id"].as_i64().unwrap();
+            confirm_node(keys, id, &certdrop::edge::recipient_fingerprint(&recipient)).await;
         }
     }
+}
+
+/// An admin confirms node `id` with the fingerprint they compared.
+pub async fn confirm_node(admin: &Api, id: i64, fingerprint: &str) {
+    let resp = admin
+        .post(
+            &format!("/api/v1/edge-nodes/{id}/confirm"),
+            serde_json::json!({"recipient_fingerprint": fingerprint}),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    assert_eq!(resp.json["state"], "confirmed");
 }
 
 impl Api {
@@ -702,4 +829,42 @@ impl Api {
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
         resp.json["id"].as_i64().unwrap()
     }
+}
+
+/// A user created as an operator does (`certdrop users:create`, password "correct horse
+/// battery"), signed in over the API: with the password and, for staff and admins, a code from
+/// the authenticator that the command's `otpauth://` line enrols.
+pub async fn cli_user(base: &str, env: &[(&str, String)], email: &str, role: &str) -> Api {
+    let out = certdrop_command(
+        &[
+            "users:create",
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        env,
+        Some("correct horse battery\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let otp = match printed.lines().find(|l| l.starts_with("otpauth://totp/")) {
+        Some(uri) => Some(Authenticator::from_text(uri).code().await),
+        None => None,
+    };
+    let mut api = Api {
+        base: base.to_string(),
+        token: None,
+        http: reqwest::Client::new(),
+    };
+    let resp = api
+        .post(
+            "/api/v1/tokens",
+            serde_json::json!({"email": email, "password": "correct horse battery", "otp": otp}),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    api.token = Some(resp.json["token"].as_str().unwrap().to_string());
+    api
 }

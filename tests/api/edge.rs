@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    common::{Api, require_or_skip},
+    common::{Api, confirm_node, require_or_skip},
     db_test,
     edge_support::{EdgeNode, echo_backend, get_json, https_client, roots, tls_check},
     keyscan,
@@ -40,8 +40,15 @@ pub async fn wait_ticket(api: &Api, id: i64, want: &str) -> Value {
     }
 }
 
-pub async fn start_pair(app_address: &str, staff: &Api, name: &str) -> [EdgeNode; 2] {
-    let pair = staff
+/// A pair created by `creator`, its two real nodes started and enrolled, then confirmed by
+/// `confirmer` (an admin) with the fingerprints the nodes printed at start.
+pub async fn start_pair(
+    app_address: &str,
+    creator: &Api,
+    confirmer: &Api,
+    name: &str,
+) -> [EdgeNode; 2] {
+    let pair = creator
         .post("/api/v1/edge-pairs", json!({"name": name}))
         .await;
     assert_eq!(pair.status, StatusCode::CREATED, "{}", pair.body);
@@ -56,9 +63,9 @@ pub async fn start_pair(app_address: &str, staff: &Api, name: &str) -> [EdgeNode
         EdgeNode::start(app_address, &tokens[1]),
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pairs = staff.get("/api/v1/edge-pairs").await.json;
-        let enrolled = pairs["items"]
+    let listed = loop {
+        let pairs = creator.get("/api/v1/edge-pairs").await.json;
+        let listed: Vec<Value> = pairs["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -66,14 +73,27 @@ pub async fn start_pair(app_address: &str, staff: &Api, name: &str) -> [EdgeNode
             .unwrap()["nodes"]
             .as_array()
             .unwrap()
+            .clone();
+        if listed
             .iter()
-            .all(|n| n["enrolled"] == true && !n["last_seen_at"].is_null());
-        if enrolled {
-            return nodes;
+            .all(|n| n["state"] == "enrolled" && !n["last_seen_at"].is_null())
+        {
+            break listed;
         }
         assert!(Instant::now() < deadline, "the nodes did not enroll");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for node in &nodes {
+        let printed = node.fingerprint();
+        let id = listed
+            .iter()
+            .find(|n| n["recipient_fingerprint"] == printed.as_str())
+            .unwrap_or_else(|| panic!("no enrolled node shows {printed}"))["id"]
+            .as_i64()
+            .unwrap();
+        confirm_node(confirmer, id, &printed).await;
     }
+    nodes
 }
 
 async fn open_and_approve(
@@ -149,7 +169,8 @@ fn curl_check(node: &EdgeNode, root_pem: &str) -> Option<Value> {
 db_test! {
     async fn provision_update_rollback_and_remove_end_to_end(app) {
         let staff = app.api_user("sam@example.com", Role::Staff).await;
-        let nodes = start_pair(&app.address, &staff, "edge-a").await;
+        let (ops, keys) = app.crew().await;
+        let nodes = start_pair(&app.address, ops, keys, "edge-a").await;
         let backend = echo_backend().await;
         let ann = app.api_user("ann@example.com", Role::Customer).await;
         let resp = ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
@@ -300,7 +321,7 @@ db_test! {
 /// still to apply it); after a restart the job finishes once: no second deployment, no second
 /// bill, no lost ticket. Meanwhile the node that had applied it keeps serving.
 async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Backend) {
-    use crate::common::{ServerProcess, TestDatabase, certdrop_command};
+    use crate::common::{ServerProcess, TestDatabase, cli_user};
     let data = tempfile::tempdir().unwrap();
     let Some(database) = TestDatabase::new(backend, data.path()).await else {
         return;
@@ -317,42 +338,11 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
         ("CERTDROP_DATA_DIR", data.path().display().to_string()),
         ("CERTDROP_DATABASE_URL", database.url.clone()),
     ];
-    let mut tokens = Vec::new();
-    for (email, role) in [
-        ("ann@example.com", "customer"),
-        ("sam@example.com", "staff"),
-    ] {
-        let out = certdrop_command(
-            &[
-                "users:create",
-                "--email",
-                email,
-                "--role",
-                role,
-                "--password-stdin",
-            ],
-            &cli_env,
-            Some("correct horse battery\n"),
-        );
-        assert!(out.status.success());
-        let token = server
-            .api(None)
-            .post(
-                "/api/v1/tokens",
-                json!({"email": email, "password": "correct horse battery"}),
-            )
-            .await
-            .json["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        tokens.push(token);
-    }
-    let (ann, staff) = (
-        server.api(Some(tokens[0].clone())),
-        server.api(Some(tokens[1].clone())),
-    );
-    let nodes = start_pair(&server.address, &staff, "edge-k").await;
+    let ann = cli_user(&server.address, &cli_env, "ann@example.com", "customer").await;
+    let staff = cli_user(&server.address, &cli_env, "sam@example.com", "staff").await;
+    let ops = cli_user(&server.address, &cli_env, "ops@example.com", "staff").await;
+    let keys = cli_user(&server.address, &cli_env, "keys@example.com", "admin").await;
+    let nodes = start_pair(&server.address, &ops, &keys, "edge-k").await;
     let backend_addr = echo_backend().await;
     ann.post(
         "/api/v1/apps",
@@ -432,7 +422,7 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
 
     nodes[1].signal("-CONT");
     let server = ServerProcess::start(data.path(), &database.url, &env);
-    let ann = server.api(Some(tokens[0].clone()));
+    let ann = server.api(ann.token.clone());
     let ticket = wait_ticket(&ann, id, "deployed").await;
     for node in ticket["deployment"]["nodes"].as_array().unwrap() {
         assert_eq!(node["state"], "verified");

@@ -146,6 +146,15 @@ impl EdgeNode {
         )
     }
 
+    /// The key fingerprint the node printed at start, as an admin reads it off its console.
+    pub fn fingerprint(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap();
+        text.split_whitespace()
+            .find(|w| w.starts_with("SHA256:"))
+            .unwrap_or_else(|| panic!("the node printed no fingerprint:\n{text}"))
+            .to_string()
+    }
+
     pub fn signal(&self, signal: &str) {
         Command::new("kill")
             .args([signal, &self.child.id().to_string()])

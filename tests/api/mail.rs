@@ -38,15 +38,20 @@ async fn staff_are_mailed_when_a_ticket_opens_and_customers_when_it_moves(backen
     let id = ann.open_ticket("shop", "provision", Some(cert)).await;
 
     let staff_mails = smtp
-        .wait_for_all(&format!("Ticket #{id}: provision for shop"), 2)
+        .wait_for_all(&format!("Ticket #{id}: provision for shop"), 4)
         .await;
     let opened = &staff_mails[0];
     let mut recipients: Vec<String> = staff_mails.iter().flat_map(|m| m.to.clone()).collect();
     recipients.sort();
     assert_eq!(
         recipients,
-        ["ada@example.com", "sam@example.com"],
-        "every staff member and admin, not the customer"
+        [
+            "ada@example.com",
+            "keys@certdrop.test",
+            "ops@certdrop.test",
+            "sam@example.com"
+        ],
+        "every staff member and admin (the pair's crew too), not the customer"
     );
     assert!(
         opened

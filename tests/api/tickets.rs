@@ -158,7 +158,7 @@ db_test! {
     async fn two_staff_approving_at_once_yield_one_approval(app) {
         let (ann, cert) = customer_with_cert(&app, "ann@example.com", "shop").await;
         let sam = app.staff_with_idle_pair("sam@example.com").await;
-        app.idle_pair(&sam, "pair-b").await;
+        app.idle_pair("pair-b").await;
         let sue = app.api_user("sue@example.com", Role::Staff).await;
         let id = open(&ann, "shop", "provision", Some(cert)).await.json["id"].as_i64().unwrap();
         let path = format!("/api/v1/tickets/{id}/approve");
@@ -171,7 +171,7 @@ db_test! {
         assert_eq!(app.count("SELECT COUNT(*) FROM deploy_jobs").await, 1);
         assert_eq!(app.count("SELECT COUNT(*) FROM edge_pairs WHERE app_id IS NOT NULL").await, 1, "one pair taken");
         assert_eq!(app.count(&format!("SELECT COUNT(*) FROM ticket_events WHERE ticket_id = {id} AND to_state = 'approved'")).await, 1);
-        assert_eq!(app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'ticket.approved'").await, 1);
+        assert_eq!(app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'ticket.approved' AND outcome = 'ok'").await, 1);
     }
 }
 
