@@ -497,7 +497,10 @@ fn fleet_keygen(out: &std::path::Path) -> anyhow::Result<()> {
         "Fleet key written to {} (keep it offline, with your provisioning).",
         out.display()
     );
-    println!("Configure the control plane with:\nCERTDROP_FLEET_PUBLIC_KEY={}", public.encoded());
+    println!(
+        "Configure the control plane with:\nCERTDROP_FLEET_PUBLIC_KEY={}",
+        public.encoded()
+    );
     Ok(())
 }
 

@@ -73,7 +73,9 @@ impl Config {
         let separation_of_duties = match read_var("CERTDROP_SEPARATION_OF_DUTIES")?.as_deref() {
             None | Some("true") => true,
             Some("false") => false,
-            Some(other) => bail!("CERTDROP_SEPARATION_OF_DUTIES: `{other}` is neither true nor false"),
+            Some(other) => {
+                bail!("CERTDROP_SEPARATION_OF_DUTIES: `{other}` is neither true nor false")
+            }
         };
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))

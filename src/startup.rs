@@ -24,14 +24,14 @@ use url::Url;
 
 use crate::{
     accounts::{self, Viewer, ratelimit::LoginLimiter, session_store::DbSessionStore},
-    state::AppState,
     apps, audit, billing,
     certs::{self, trust::TrustStore},
     config::Config,
-    db,
-    edge,
+    db, edge,
     error::AppError,
-    mail, tickets,
+    mail,
+    state::AppState,
+    tickets,
     vault::Vault,
     web::{self, PageError},
 };

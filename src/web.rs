@@ -331,7 +331,10 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> A
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| {
-        AppError::bad_request("invalid_json", format!("The request body is not the JSON expected: {e}"))
+        AppError::bad_request(
+            "invalid_json",
+            format!("The request body is not the JSON expected: {e}"),
+        )
     })
 }
 

@@ -16,9 +16,14 @@ use crate::{
 /// What a role change did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoleChange {
-    Applied { from: Role, to: Role },
+    Applied {
+        from: Role,
+        to: Role,
+    },
     /// A raise waiting for another admin.
-    Requested { to: Role },
+    Requested {
+        to: Role,
+    },
 }
 
 /// A raise of role waiting for a second admin.
@@ -82,7 +87,10 @@ pub async fn change(
     let target = store::find_user(db, target_id)
         .await?
         .ok_or_else(|| AppError::not_found("user"))?;
-    let pending = requests_where(db, Some(target_id)).await?.pop().map(|(_, r)| r);
+    let pending = requests_where(db, Some(target_id))
+        .await?
+        .pop()
+        .map(|(_, r)| r);
     let now = db::now();
     if role.rank() > target.role.rank() {
         match pending {

@@ -110,7 +110,10 @@ pub(super) async fn start_session(
         .remove::<PendingSignIn>(PENDING_KEY)
         .await
         .map_err(session_error)?;
-    session.insert(USER_KEY, user.id).await.map_err(session_error)?;
+    session
+        .insert(USER_KEY, user.id)
+        .await
+        .map_err(session_error)?;
     if let Some(at) = second_factor_at {
         session
             .insert(SESSION_FACTOR_AT, at)
@@ -134,8 +137,15 @@ pub(super) const PENDING_SECONDS: i64 = 600;
 
 /// After the password: sign in at once, or ask for the second factor first (always for staff
 /// and admins, who must enrol one if they have none; for customers who chose one).
-async fn after_password(session: &Session, state: &AppState, user: &User, next: &str) -> PageResult {
-    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+async fn after_password(
+    session: &Session,
+    state: &AppState,
+    user: &User,
+    next: &str,
+) -> PageResult {
+    let enrolled = second_factor::enabled_at(&state.db, user.id)
+        .await?
+        .is_some();
     if !enrolled && !user.role.is_staff() {
         start_session(session, user, None).await?;
         return Ok(see_other(next));
@@ -472,7 +482,9 @@ async fn token_second_factor(
     ip: ClientIp,
     otp: Option<&str>,
 ) -> AppResult<Option<i64>> {
-    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+    let enrolled = second_factor::enabled_at(&state.db, user.id)
+        .await?
+        .is_some();
     if !enrolled && !user.role.is_staff() {
         return Ok(None);
     }
@@ -584,7 +596,14 @@ async fn users_page(
     me: SignedIn,
     Query(q): Query<CursorQuery>,
 ) -> PageResult {
-    render_users(&state, &me, q.cursor.as_deref(), StatusCode::OK, FormErrors::default()).await
+    render_users(
+        &state,
+        &me,
+        q.cursor.as_deref(),
+        StatusCode::OK,
+        FormErrors::default(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]

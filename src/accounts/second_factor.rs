@@ -223,7 +223,9 @@ fn limit(state: &AppState, ip: ClientIp, user: &User) -> AppResult<()> {
 pub enum Accepted {
     Totp,
     /// A recovery code, now spent; `remaining` are left.
-    RecoveryCode { remaining: i64 },
+    RecoveryCode {
+        remaining: i64,
+    },
 }
 
 /// Checks a TOTP code or a recovery code of an enrolled user. Each TOTP code is accepted once
@@ -254,15 +256,17 @@ pub async fn verify(
         let secret = open_secret(&state.vault, sealed)?;
         let step = secret.matching_step(code, db::now());
         match step {
-            Some(step) => sqlx::query(
-                "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1",
-            )
-            .bind(step)
-            .bind(user.id)
-            .execute(&state.db)
-            .await?
-            .rows_affected()
-                == 1,
+            Some(step) => {
+                sqlx::query(
+                    "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1",
+                )
+                .bind(step)
+                .bind(user.id)
+                .execute(&state.db)
+                .await?
+                .rows_affected()
+                    == 1
+            }
             None => false,
         }
         .then_some(Accepted::Totp)

@@ -83,7 +83,9 @@ async fn pending_user(state: &AppState, session: &Session) -> AppResult<Option<U
         .await
         .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
     match pending {
-        Some(p) if db::now() - p.at <= PENDING_SECONDS => store::find_user(&state.db, p.user_id).await,
+        Some(p) if db::now() - p.at <= PENDING_SECONDS => {
+            store::find_user(&state.db, p.user_id).await
+        }
         _ => Ok(None),
     }
 }
@@ -127,7 +129,17 @@ async fn second_factor_page(
 ) -> PageResult {
     let next = web::safe_next(q.next.as_deref());
     match pending_user(&state, &viewer.session).await? {
-        Some(user) => render_step(&state, &viewer, &user, next, StatusCode::OK, FormErrors::default()).await,
+        Some(user) => {
+            render_step(
+                &state,
+                &viewer,
+                &user,
+                next,
+                StatusCode::OK,
+                FormErrors::default(),
+            )
+            .await
+        }
         None => Ok(see_other("/login")),
     }
 }
@@ -154,7 +166,9 @@ async fn second_factor_submit(
         .await?;
         return Ok(see_other("/login"));
     };
-    let enrolled = second_factor::enabled_at(&state.db, user.id).await?.is_some();
+    let enrolled = second_factor::enabled_at(&state.db, user.id)
+        .await?
+        .is_some();
     let result = if enrolled {
         second_factor::verify(&state, &user, ip, &form.otp)
             .await
@@ -283,7 +297,10 @@ async fn new_codes_submit(
 ) -> PageResult {
     let credential = Credential::Session(me.session.clone());
     let result = async {
-        if second_factor::enabled_at(&state.db, me.user.id).await?.is_none() {
+        if second_factor::enabled_at(&state.db, me.user.id)
+            .await?
+            .is_none()
+        {
             return Err(AppError::conflict(
                 "not_enrolled",
                 "Set up an authenticator first; recovery codes come with it.",
@@ -302,4 +319,3 @@ async fn new_codes_submit(
         Err(err) => Err(err.into()),
     }
 }
-

@@ -63,13 +63,8 @@ impl TotpSecret {
     pub fn matching_step(&self, code: &str, now: i64) -> Option<i64> {
         let code = code.trim();
         let current = now / STEP_SECONDS;
-        (current - 1..=current + 1).find(|step| {
-            bool::from(
-                self.code_at_step(*step)
-                    .as_bytes()
-                    .ct_eq(code.as_bytes()),
-            )
-        })
+        (current - 1..=current + 1)
+            .find(|step| bool::from(self.code_at_step(*step).as_bytes().ct_eq(code.as_bytes())))
     }
 
     /// `otpauth://totp/certdrop:EMAIL?secret=…&issuer=certdrop` for an authenticator app.
@@ -97,7 +92,9 @@ pub fn qr_svg(text: &str) -> String {
                 .quiet_zone(true)
                 .build();
             // Inline in HTML: the element only, without the XML declaration.
-            svg.find("<svg").map(|at| svg[at..].to_string()).unwrap_or_default()
+            svg.find("<svg")
+                .map(|at| svg[at..].to_string())
+                .unwrap_or_default()
         }
         Err(_) => String::new(),
     }
@@ -149,8 +146,16 @@ mod tests {
         let secret = TotpSecret(Zeroizing::new(b"12345678901234567890".to_vec()));
         assert_eq!(secret.code_at_step(59 / STEP_SECONDS), "287082");
         assert_eq!(secret.matching_step("287082", 59), Some(1));
-        assert_eq!(secret.matching_step("287082", 59 + 30), Some(1), "one step late");
-        assert_eq!(secret.matching_step("287082", 59 + 60), None, "two steps late");
+        assert_eq!(
+            secret.matching_step("287082", 59 + 30),
+            Some(1),
+            "one step late"
+        );
+        assert_eq!(
+            secret.matching_step("287082", 59 + 60),
+            None,
+            "two steps late"
+        );
         assert_eq!(secret.matching_step("000000", 59), None);
     }
 

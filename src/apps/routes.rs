@@ -317,6 +317,8 @@ struct AppPage {
     provisioned: bool,
     monthly_price: String,
     hostname: String,
+    /// Revoked nodes that held the key the app serves now: the customer should replace it.
+    exposed: Vec<crate::edge::custody::Revocation>,
     errors: FormErrors,
 }
 
@@ -337,6 +339,10 @@ async fn render_app_page(
         .await?
         .is_some();
     drop(conn);
+    let exposed = match statuses.iter().find(|(_, s)| **s == "deployed") {
+        Some((served, _)) => crate::edge::custody::revocations_holding(&state.db, *served).await?,
+        None => Vec::new(),
+    };
     Ok(render_status(
         status,
         &AppPage {
@@ -346,6 +352,7 @@ async fn render_app_page(
             certs,
             statuses,
             provisioned,
+            exposed,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
             hostname,
             errors,

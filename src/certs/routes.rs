@@ -25,6 +25,7 @@ use crate::{
     apps::{self, store::App},
     audit::{self, Entry},
     db::{self, Page},
+    edge::custody::{self, SealedTo},
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
@@ -167,8 +168,24 @@ async fn upload(
     }
 }
 
-/// The report of PRODUCT.md, plus where it belongs and its status.
-pub fn report_json(cert: &Certificate, status: &str) -> Value {
+/// Where a certificate's key is sealed now, as the API shows it.
+fn sealed_to_json(sealed: &[SealedTo]) -> Value {
+    json!(
+        sealed
+            .iter()
+            .map(|s| json!({
+                "node": s.node,
+                "pair": s.pair,
+                "recipient_fingerprint": s.recipient_fingerprint,
+                "confirmed_by": s.confirmed_by,
+                "confirmed_at": s.confirmed_at.map(web::rfc3339),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// The report of PRODUCT.md, plus where it belongs, its status and where its key is sealed.
+pub fn report_json(cert: &Certificate, status: &str, sealed: &[SealedTo]) -> Value {
     json!({
         "id": cert.id,
         "app": cert.app,
@@ -184,6 +201,7 @@ pub fn report_json(cert: &Certificate, status: &str) -> Value {
         "chain_len": cert.chain_len,
         "warnings": cert.warnings,
         "status": status,
+        "sealed_to": sealed_to_json(sealed),
         "created_at": web::rfc3339(cert.created_at),
     })
 }
@@ -228,7 +246,11 @@ async fn upload_api(
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(report_json(&cert, status(&statuses, &cert)))).into_response())
+    Ok((
+        code,
+        Json(report_json(&cert, status(&statuses, &cert), &[])),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -247,9 +269,16 @@ async fn list_api(
     let (certs, next) =
         store::list_for_app(&state.db, &app, Page::new(q.cursor.as_deref(), q.limit)?).await?;
     let statuses = store::statuses(&state.db, app.id).await?;
+    let sealed = custody::sealed_to(&state.db, app.id).await?;
     let items: Vec<Value> = certs
         .iter()
-        .map(|c| report_json(c, status(&statuses, c)))
+        .map(|c| {
+            report_json(
+                c,
+                status(&statuses, c),
+                sealed.get(&c.id).map(Vec::as_slice).unwrap_or_default(),
+            )
+        })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
 }
@@ -261,7 +290,12 @@ async fn show_api(
 ) -> AppResult<Response> {
     let cert = store::find_visible(&state.db, &user, id).await?;
     let statuses = store::statuses(&state.db, cert.app_id).await?;
-    let mut body = report_json(&cert, status(&statuses, &cert));
+    let sealed = custody::sealed_to(&state.db, cert.app_id).await?;
+    let mut body = report_json(
+        &cert,
+        status(&statuses, &cert),
+        sealed.get(&cert.id).map(Vec::as_slice).unwrap_or_default(),
+    );
     body["chain"] = json!(
         chain_entries(&cert)
             .into_iter()
@@ -359,15 +393,21 @@ struct CertPage {
     cert: Certificate,
     status: &'static str,
     chain: Vec<ChainEntry>,
+    sealed_to: Vec<SealedTo>,
 }
 
 async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i64>) -> PageResult {
     let cert = store::find_visible(&state.db, &me.user, id).await?;
     let statuses = store::statuses(&state.db, cert.app_id).await?;
+    let sealed_to = custody::sealed_to(&state.db, cert.app_id)
+        .await?
+        .remove(&cert.id)
+        .unwrap_or_default();
     Ok(render(&CertPage {
         chrome: me.chrome().await?,
         status: status(&statuses, &cert),
         chain: chain_entries(&cert),
+        sealed_to,
         cert,
     })?)
 }

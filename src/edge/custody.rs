@@ -368,6 +368,19 @@ pub async fn revocations(db: &Db) -> AppResult<Vec<Revocation>> {
         .map_err(Into::into)
 }
 
+/// The revocations of nodes that held the key of `certificate_id`.
+pub async fn revocations_holding(db: &Db, certificate_id: i64) -> AppResult<Vec<Revocation>> {
+    Ok(revocations(db)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r.affected
+                .iter()
+                .any(|h| h.certificate_id == certificate_id)
+        })
+        .collect())
+}
+
 /// A node a certificate's key is sealed to now.
 #[derive(Clone, Debug, Serialize)]
 pub struct SealedTo {
@@ -378,24 +391,31 @@ pub struct SealedTo {
     pub confirmed_at: Option<i64>,
 }
 
-/// Where the key of `certificate_id` is sealed now (besides the vault).
-pub async fn sealed_to(db: &Db, certificate_id: i64) -> AppResult<Vec<SealedTo>> {
+/// Where the keys of an app's certificates are sealed now (besides the vault), by certificate.
+pub async fn sealed_to(
+    db: &Db,
+    app_id: i64,
+) -> AppResult<std::collections::HashMap<i64, Vec<SealedTo>>> {
     let rows = sqlx::query(
-        "SELECT p.name AS pair, n.slot, n.recipient, n.confirmed_via, n.confirmed_at, u.email AS confirmed_by \
-         FROM node_keys k JOIN edge_nodes n ON n.id = k.node_id JOIN edge_pairs p ON p.id = n.pair_id \
-         LEFT JOIN users u ON u.id = n.confirmed_by WHERE k.certificate_id = $1 ORDER BY p.name, n.slot",
+        "SELECT k.certificate_id, p.name AS pair, n.slot, n.recipient, n.confirmed_via, n.confirmed_at, u.email AS confirmed_by \
+         FROM node_keys k JOIN certificates c ON c.id = k.certificate_id JOIN edge_nodes n ON n.id = k.node_id \
+         JOIN edge_pairs p ON p.id = n.pair_id LEFT JOIN users u ON u.id = n.confirmed_by \
+         WHERE c.app_id = $1 ORDER BY p.name, n.slot",
     )
-    .bind(certificate_id)
+    .bind(app_id)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let pair: String = r.try_get("pair")?;
-            let via: Option<String> = r.try_get("confirmed_via")?;
-            Ok(SealedTo {
+    let mut out: std::collections::HashMap<i64, Vec<SealedTo>> = Default::default();
+    for r in &rows {
+        let pair: String = r.try_get("pair")?;
+        let via: Option<String> = r.try_get("confirmed_via")?;
+        out.entry(r.try_get("certificate_id")?)
+            .or_default()
+            .push(SealedTo {
                 node: format!("{pair}-{}", r.try_get::<i64, _>("slot")?),
                 recipient_fingerprint: super::recipient_fingerprint(
-                    &r.try_get::<Option<String>, _>("recipient")?.unwrap_or_default(),
+                    &r.try_get::<Option<String>, _>("recipient")?
+                        .unwrap_or_default(),
                 ),
                 pair,
                 confirmed_by: match via.as_deref() {
@@ -403,10 +423,9 @@ pub async fn sealed_to(db: &Db, certificate_id: i64) -> AppResult<Vec<SealedTo>>
                     _ => r.try_get("confirmed_by")?,
                 },
                 confirmed_at: r.try_get("confirmed_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+            });
+    }
+    Ok(out)
 }
 
 /// Refuses a deployment of a key to `pair` unless both its nodes are confirmed.

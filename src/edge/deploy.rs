@@ -184,7 +184,10 @@ async fn publish(
             holders
                 .into_iter()
                 .map(|(node, name)| {
-                    let recipient = node.recipient.clone().context("a confirmed node has no recipient")?;
+                    let recipient = node
+                        .recipient
+                        .clone()
+                        .context("a confirmed node has no recipient")?;
                     Ok((node, name, vault::seal_to(&recipient, &key)?.armored))
                 })
                 .collect()
@@ -208,10 +211,12 @@ async fn publish(
         return Ok(Ok(v));
     }
     let before: Vec<i64> = match job.target {
-        Some(cert) => sqlx::query_scalar("SELECT node_id FROM node_keys WHERE certificate_id = $1")
-            .bind(cert)
-            .fetch_all(&mut *tx)
-            .await?,
+        Some(cert) => {
+            sqlx::query_scalar("SELECT node_id FROM node_keys WHERE certificate_id = $1")
+                .bind(cert)
+                .fetch_all(&mut *tx)
+                .await?
+        }
         None => Vec::new(),
     };
     for (node, name, armored) in &sealed {
@@ -235,18 +240,25 @@ async fn publish(
         }
         audit::record(
             &mut *tx,
-            Entry::new(None, "key.sealed", "certificate", job.target.unwrap_or_default())
-                .app(&ticket.app)
-                .detail(json!({
-                    "node": name,
-                    "recipient_fingerprint": node.recipient_fingerprint,
-                    "ticket_id": ticket.id,
-                })),
+            Entry::new(
+                None,
+                "key.sealed",
+                "certificate",
+                job.target.unwrap_or_default(),
+            )
+            .app(&ticket.app)
+            .detail(json!({
+                "node": name,
+                "recipient_fingerprint": node.recipient_fingerprint,
+                "ticket_id": ticket.id,
+            })),
         )
         .await?;
     }
-    let newly: Vec<&(store::Node, String, String)> =
-        sealed.iter().filter(|(n, _, _)| !before.contains(&n.id)).collect();
+    let newly: Vec<&(store::Node, String, String)> = sealed
+        .iter()
+        .filter(|(n, _, _)| !before.contains(&n.id))
+        .collect();
     if !newly.is_empty() {
         let mut lines = vec![format!(
             "The private key of certificate #{} of {} is now sealed to these edge servers, each confirmed by certdrop's administrators (it stays sealed in the vault as well):",
@@ -257,7 +269,8 @@ async fn publish(
             format!(
                 "{name}: key fingerprint {}, confirmed by {}",
                 node.recipient_fingerprint.as_deref().unwrap_or(""),
-                node.confirmed_by_label().unwrap_or_else(|| "an admin".into())
+                node.confirmed_by_label()
+                    .unwrap_or_else(|| "an admin".into())
             )
         }));
         let mail = tickets::customer_mail(

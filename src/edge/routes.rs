@@ -34,12 +34,18 @@ pub fn router() -> Router<AppState> {
         .route("/staff/edge-pairs", get(pairs_page).post(create_pair_page))
         .route("/staff/edge-nodes/{id}/confirm", post(confirm_page))
         .route("/staff/edge-nodes/{id}/revoke", post(revoke_page))
-        .route("/staff/edge-nodes/{id}/enroll-token", post(enroll_token_page))
+        .route(
+            "/staff/edge-nodes/{id}/enroll-token",
+            post(enroll_token_page),
+        )
         .route("/api/v1/edge-pairs", get(list_api).post(create_api))
         .route("/api/v1/edge-nodes/{id}", get(node_api))
         .route("/api/v1/edge-nodes/{id}/confirm", post(confirm_api))
         .route("/api/v1/edge-nodes/{id}/revoke", post(revoke_api))
-        .route("/api/v1/edge-nodes/{id}/enroll-token", post(enroll_token_api))
+        .route(
+            "/api/v1/edge-nodes/{id}/enroll-token",
+            post(enroll_token_api),
+        )
         .route("/api/v1/edge/enroll", post(enroll_api))
         .route("/api/v1/edge/config", get(config_api))
 }
@@ -214,7 +220,11 @@ async fn after_node_action<T>(
             web::flash(&me.session, "ok", done(value)).await?;
             Ok(web::see_other("/staff/edge-pairs"))
         }
-        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN && err.status != StatusCode::NOT_FOUND => {
+        Err(err)
+            if err.status.is_client_error()
+                && err.status != StatusCode::FORBIDDEN
+                && err.status != StatusCode::NOT_FOUND =>
+        {
             let status = err.status;
             render_pairs(state, me, status, None, err.into()).await
         }
@@ -388,13 +398,18 @@ async fn enroll_api(
     let pair = store::pair(&state.db, node.pair_id).await?;
     audit::record(
         &state.db,
-        Entry::new(None, "edge_node.enrolled", "edge_node", pair.node_name(&node))
-            .detail(json!({
-                "address": req.address,
-                "recipient_fingerprint": node.recipient_fingerprint,
-                "state": node.state,
-            }))
-            .ip(ip.0),
+        Entry::new(
+            None,
+            "edge_node.enrolled",
+            "edge_node",
+            pair.node_name(&node),
+        )
+        .detail(json!({
+            "address": req.address,
+            "recipient_fingerprint": node.recipient_fingerprint,
+            "state": node.state,
+        }))
+        .ip(ip.0),
     )
     .await?;
     Ok((

@@ -226,16 +226,23 @@ async fn approve_visible(
     let mut tx = state.db.begin().await?;
     store::transition(&mut tx, id, TicketState::Approved, Some(staff.id), None).await?;
     let pair = match ticket.kind {
-        TicketKind::Provision => match edge::store::assign_free_pair(&mut tx, ticket.app_id, not_vouched_by).await? {
-            Some(pair) => pair,
-            None => {
-                drop(tx);
-                return Err(no_free_pair(state, not_vouched_by).await);
+        TicketKind::Provision => {
+            match edge::store::assign_free_pair(&mut tx, ticket.app_id, not_vouched_by).await? {
+                Some(pair) => pair,
+                None => {
+                    drop(tx);
+                    return Err(no_free_pair(state, not_vouched_by).await);
+                }
             }
-        },
-        _ => edge::store::pair_of_app(&mut tx, ticket.app_id).await?.ok_or_else(|| {
-            AppError::conflict("not_provisioned", "This app no longer holds an edge pair; reject the ticket.")
-        })?,
+        }
+        _ => edge::store::pair_of_app(&mut tx, ticket.app_id)
+            .await?
+            .ok_or_else(|| {
+                AppError::conflict(
+                    "not_provisioned",
+                    "This app no longer holds an edge pair; reject the ticket.",
+                )
+            })?,
     };
     edge::store::create_job(
         &mut tx,

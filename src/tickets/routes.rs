@@ -359,6 +359,7 @@ struct TicketPage {
     pair: Option<String>,
     nodes: Vec<NodeCheck>,
     checks: Vec<Verification>,
+    sealed_to: Vec<edge::custody::SealedTo>,
     errors: FormErrors,
     monthly_price: String,
 }
@@ -384,6 +385,13 @@ async fn render_ticket(
         }
         _ => None,
     };
+    let sealed_to = match &proposed {
+        Some(cert) => edge::custody::sealed_to(&state.db, cert.app_id)
+            .await?
+            .remove(&cert.id)
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let (pair, nodes, checks) = match deployment(state, &ticket).await? {
         Some((pair, nodes, checks)) => (Some(pair), nodes, checks),
         None => (None, Vec::new(), Vec::new()),
@@ -405,6 +413,7 @@ async fn render_ticket(
             pair,
             nodes,
             checks,
+            sealed_to,
             errors,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
         },

@@ -63,7 +63,15 @@ const SEALED_COLUMNS: [(&str, &str, &str); 2] = [
 async fn reseal_all(db: &Db, openers: &[Identity], recipient: &str) -> anyhow::Result<u64> {
     let mut done = 0;
     for (table, sealed_column, recipient_column) in SEALED_COLUMNS {
-        done += reseal_table(db, openers, recipient, table, sealed_column, recipient_column).await?;
+        done += reseal_table(
+            db,
+            openers,
+            recipient,
+            table,
+            sealed_column,
+            recipient_column,
+        )
+        .await?;
     }
     Ok(done)
 }

@@ -28,7 +28,8 @@ struct Chrome {
     downloads: tempfile::TempDir,
     base: String,
     /// The authenticator apps of the people signing in, by email.
-    authenticators: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Authenticator>>>,
+    authenticators:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Authenticator>>>,
 }
 
 impl Drop for Chrome {
@@ -240,14 +241,20 @@ impl Chrome {
             match self.path().await.as_str() {
                 "/apps" => return,
                 "/login/second-factor" => break,
-                other => assert!(Instant::now() < deadline, "still on {other} after the password"),
+                other => assert!(
+                    Instant::now() < deadline,
+                    "still on {other} after the password"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The second factor: enrolment with the QR code the first time, a code afterwards.
         if let Ok(key) = self.client.find(Locator::Id("totp-secret")).await {
             assert!(
-                self.client.find(Locator::Css("figure.qr svg")).await.is_ok(),
+                self.client
+                    .find(Locator::Css("figure.qr svg"))
+                    .await
+                    .is_ok(),
                 "the QR code is shown"
             );
             self.check_page("authenticator enrolment").await;

@@ -847,7 +847,11 @@ pub async fn cli_user(base: &str, env: &[(&str, String)], email: &str, role: &st
         env,
         Some("correct horse battery\n"),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     let otp = match printed.lines().find(|l| l.starts_with("otpauth://totp/")) {
         Some(uri) => Some(Authenticator::from_text(uri).code().await),

@@ -8,6 +8,7 @@ mod billing;
 mod browser;
 mod certs;
 mod cli;
+mod custody;
 mod edge;
 mod edge_support;
 mod health;
