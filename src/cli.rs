@@ -517,7 +517,7 @@ async fn vault_rotate() -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "Resealed {} key(s) to the new vault identity {}; the old identity is retired.",
+        "Resealed {} secret(s) (private keys and second-factor secrets) to the new vault identity {}; the old identity is retired.",
         rotation.resealed, rotation.recipient
     );
     Ok(())

@@ -43,17 +43,18 @@ async fn refused<T>(
     ip: ClientIp,
     result: AppResult<T>,
 ) -> AppResult<T> {
-    if let Err(err) = &result {
-        if err.status.is_client_error() && err.status != StatusCode::NOT_FOUND {
-            audit::record(
-                db,
-                Entry::new(Some(actor), action, "edge_node", node)
-                    .outcome("refused")
-                    .detail(json!({"code": err.first_code()}))
-                    .ip(ip.0),
-            )
-            .await?;
-        }
+    if let Err(err) = &result
+        && err.status.is_client_error()
+        && err.status != StatusCode::NOT_FOUND
+    {
+        audit::record(
+            db,
+            Entry::new(Some(actor), action, "edge_node", node)
+                .outcome("refused")
+                .detail(json!({"code": err.first_code()}))
+                .ip(ip.0),
+        )
+        .await?;
     }
     result
 }

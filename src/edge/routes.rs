@@ -225,8 +225,17 @@ async fn after_node_action<T>(
                 && err.status != StatusCode::FORBIDDEN
                 && err.status != StatusCode::NOT_FOUND =>
         {
+            // Shown above the list: the page has a form per node, so no one field to sit by.
             let status = err.status;
-            render_pairs(state, me, status, None, err.into()).await
+            let errors = err
+                .errors
+                .into_iter()
+                .map(|mut e| {
+                    e.field = None;
+                    e
+                })
+                .collect();
+            render_pairs(state, me, status, None, FormErrors(errors)).await
         }
         Err(err) => Err(err.into()),
     }

@@ -182,18 +182,18 @@ pub async fn approve(
     // A ticket the caller cannot see is a 404 before it is a 403, as for any object.
     let ticket = store::find_visible(&state.db, staff, id).await?;
     let result = approve_visible(state, staff, credential, ip, &ticket, otp).await;
-    if let Err(err) = &result {
-        if err.status.is_client_error() {
-            audit::record(
-                &state.db,
-                Entry::new(Some(staff), "ticket.approved", "ticket", id)
-                    .app(&ticket.app)
-                    .outcome("refused")
-                    .detail(json!({"code": err.first_code()}))
-                    .ip(ip.0),
-            )
-            .await?;
-        }
+    if let Err(err) = &result
+        && err.status.is_client_error()
+    {
+        audit::record(
+            &state.db,
+            Entry::new(Some(staff), "ticket.approved", "ticket", id)
+                .app(&ticket.app)
+                .outcome("refused")
+                .detail(json!({"code": err.first_code()}))
+                .ip(ip.0),
+        )
+        .await?;
     }
     result?;
     store::get(&state.db, id).await

@@ -141,3 +141,107 @@ db_test! {
         assert!(!ok && err.contains("key_mismatch"), "{err}");
     }
 }
+
+db_test! {
+    async fn staff_made_on_the_server_get_a_second_factor_that_the_cli_login_asks_for(app) {
+        let config = tempfile::tempdir().unwrap();
+        let dir = config.path();
+        let (ok, out, err) = certdrop(&app, dir, &["users:create", "--email", "sam@example.com", "--role", "staff"], None);
+        assert!(ok, "{err}");
+        let password = out.lines().find_map(|l| l.strip_prefix("Password (shown once, keep it safe): ")).unwrap().trim().to_string();
+        let uri = out.lines().find(|l| l.starts_with("otpauth://totp/certdrop:sam%40example.com?secret=")).unwrap_or_else(|| panic!("no otpauth line:\n{out}"));
+        let recovery: Vec<&str> = out.lines().map(str::trim).filter(|l| l.len() == 14 && l.matches('-').count() == 2).collect();
+        assert_eq!(recovery.len(), 10, "{out}");
+        let authenticator = crate::common::Authenticator::from_text(uri);
+
+        let login = |otp: Option<String>| {
+            let mut args = vec!["login".to_string(), "--email".into(), "sam@example.com".into(), "--password-stdin".into()];
+            if let Some(code) = otp {
+                args.extend(["--otp".to_string(), code]);
+            }
+            args
+        };
+        let args = login(None);
+        let (ok, _, err) = certdrop(&app, dir, &args.iter().map(String::as_str).collect::<Vec<_>>(), Some(&format!("{password}\n")));
+        assert!(!ok && err.contains("otp_required"), "without a code: {err}");
+        let args = login(Some(authenticator.code().await));
+        let (ok, out, err) = certdrop(&app, dir, &args.iter().map(String::as_str).collect::<Vec<_>>(), Some(&format!("{password}\n")));
+        assert!(ok, "{err}");
+        assert!(out.contains("Signed in"));
+        let (ok, out, err) = certdrop(&app, dir, &["edge-pairs"], None);
+        assert!(ok && out.contains("No edge pairs"), "{out}{err}");
+
+        // One-admin installs raise roles from the server shell.
+        let (ok, _, err) = certdrop(&app, dir, &["users:create", "--email", "cid@example.com", "--role", "customer"], None);
+        assert!(ok, "{err}");
+        let (ok, out, err) = certdrop(&app, dir, &["users:role", "--email", "cid@example.com", "--role", "admin"], None);
+        assert!(ok && out.contains("is now admin (was customer)"), "{out}{err}");
+        assert_eq!(app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'user.role_changed' AND detail LIKE '%cli%'").await, 1);
+    }
+}
+
+#[test]
+fn a_fleet_key_attests_an_edge_machine_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_certdrop"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let key = dir.path().join("fleet.key");
+    let (ok, out, err) = run(&["fleet:keygen", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let public = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CERTDROP_FLEET_PUBLIC_KEY="))
+        .unwrap()
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (ok, _, err) = run(&["fleet:keygen", "--out", key.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("must not exist"),
+        "an existing key is never overwritten: {err}"
+    );
+
+    let node = dir.path().join("node");
+    let (ok, out, err) = run(&["edge:identity", "--data-dir", node.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let recipient = out
+        .lines()
+        .find_map(|l| l.strip_prefix("recipient "))
+        .unwrap()
+        .to_string();
+    let fingerprint = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint "))
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fingerprint,
+        certdrop::edge::recipient_fingerprint(&recipient)
+    );
+    let (_, again, _) = run(&["edge:identity", "--data-dir", node.to_str().unwrap()]);
+    assert_eq!(again, out, "the identity is kept");
+
+    let (ok, attestation, err) = run(&["fleet:attest", &recipient, "--key", key.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let public = certdrop::edge::fleet::FleetPublicKey::parse(&public).unwrap();
+    assert!(public.verifies(&recipient, attestation.trim()));
+    assert!(!public.verifies(
+        &age::x25519::Identity::generate().to_public().to_string(),
+        attestation.trim()
+    ));
+}

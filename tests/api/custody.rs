@@ -529,3 +529,33 @@ async fn the_confirming_admin_cannot_approve_on_postgres() {
 async fn a_one_person_install_may_turn_separation_of_duties_off() {
     separation_of_duties(Backend::Sqlite, false).await;
 }
+
+db_test! {
+    async fn an_admin_confirms_and_revokes_nodes_on_the_edge_pairs_page(app) {
+        let (ops, _) = app.crew().await;
+        let nodes = pair_with_own_nodes(&app, ops, "edge-p").await;
+        let ada = app.signed_in_browser("ada@example.com", Role::Admin).await;
+        let page = ada.get("/staff/edge-pairs").await;
+        let printed = fingerprint(&nodes[0].2);
+        assert!(page.body.contains(&printed) && page.body.contains("Confirm node"), "the page shows what to compare");
+        let action = format!("/staff/edge-nodes/{}/confirm", nodes[0].0);
+        let wrong = ada.submit("/staff/edge-pairs", &action, &[("recipient_fingerprint", &fingerprint(&nodes[1].2))]).await;
+        assert_eq!(wrong.status, StatusCode::CONFLICT);
+        assert!(wrong.body.contains("fingerprint_mismatch") && wrong.body.contains("revoke"), "{}", wrong.body);
+        let done = ada.submit("/staff/edge-pairs", &action, &[("recipient_fingerprint", printed.trim_start_matches("SHA256:"))]).await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        let page = ada.get("/staff/edge-pairs").await;
+        assert!(page.body.contains("confirmed by ada@example.com"), "{}", page.body);
+        let revoke = format!("/staff/edge-nodes/{}/revoke", nodes[0].0);
+        let done = ada.submit("/staff/edge-pairs", &revoke, &[]).await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+        let page = ada.get("/staff/edge-pairs").await;
+        assert!(page.body.contains("edge-p-1 revoked. It held no customer&#x27;s key.") || page.body.contains("edge-p-1 revoked. It held no customer"), "{}", page.body);
+        assert!(page.body.contains("Revoked nodes"));
+        // A customer never reaches these actions.
+        let ann = app.signed_in_browser("ann@example.com", Role::Customer).await;
+        let refused = ann.submit("/apps", &format!("/staff/edge-nodes/{}/revoke", nodes[1].0), &[]).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(app.count("SELECT COUNT(*) FROM edge_nodes WHERE state = 'revoked'").await, 1);
+    }
+}

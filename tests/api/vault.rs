@@ -34,11 +34,13 @@ db_test! {
             assert_eq!(api.upload("shop", leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), b"").await.status, StatusCode::CREATED);
             keys.push(leaf.key_pem);
         }
+        // A staff member's TOTP secret is sealed to the vault too.
+        let staff_pw = app.user("sam@example.com", Role::Staff).await;
         let old = vault::read_identity(&identity_path(&app)).unwrap();
 
         let out = certdrop_command(&["vault:rotate"], &app.server_env(), None);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Resealed 3 key(s)"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Resealed 4 secret(s)"), "{}", String::from_utf8_lossy(&out.stdout));
 
         let new = vault::read_identity(&identity_path(&app)).unwrap();
         assert_ne!(new.to_public().to_string(), old.to_public().to_string());
@@ -53,6 +55,12 @@ db_test! {
             assert!(vault::open_with(std::slice::from_ref(&old), sealed).is_err(), "the old identity opens nothing");
             assert!(app.vault.open(sealed).is_ok(), "the running server picks up the new identity");
         }
+        let totp_recipient: String = sqlx::query_scalar("SELECT totp_vault_recipient FROM users WHERE email = 'sam@example.com'").fetch_one(&app.db).await.unwrap();
+        assert_eq!(totp_recipient, new.to_public().to_string());
+        let token = app.api_anonymous()
+            .post("/api/v1/tokens", serde_json::json!({"email": "sam@example.com", "password": staff_pw, "otp": app.otp("sam@example.com").await}))
+            .await;
+        assert_eq!(token.status, StatusCode::CREATED, "the second factor still works: {}", token.body);
         // A new upload on the running server is sealed to the new identity.
         let leaf = pki::leaf(&["www.example.com"], &root, Alg::P384);
         assert_eq!(api.upload("shop", leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), b"").await.status, StatusCode::CREATED);
