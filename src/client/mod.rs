@@ -135,6 +135,9 @@ impl Client {
                     .join("\n  ")
             })
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        if status == StatusCode::UNAUTHORIZED && messages.contains("otp_required") {
+            bail!("{messages}\n  (give the code from your authenticator app with --otp CODE)");
+        }
         if status == StatusCode::UNAUTHORIZED {
             bail!("{messages}\n  (run `certdrop login` to sign in again)");
         }
@@ -423,6 +426,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     output::s(&token)
                 );
             }
+            println!(
+                "Each node prints its key fingerprint at start. An admin other than you compares it with `certdrop edge-pairs` and confirms the node (`certdrop edge-nodes:confirm ID --fingerprint SHA256:…`); until then no key is sealed to it."
+            );
             Ok(())
         }
         Command::EdgePairs { json } => {

@@ -567,6 +567,14 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
 
     // 4. An admin downloads the month's billing CSV.
     chrome.sign_in("ada@example.com", &admin_pw).await;
+    chrome.goto("/staff/edge-pairs").await;
+    let pairs = chrome.text().await;
+    assert!(
+        pairs.contains("confirmed by keys@certdrop.test") && pairs.contains("Revoke edge-web-1"),
+        "{pairs}"
+    );
+    chrome.check_page("edge pairs").await;
+    chrome.shot("16-edge-pairs").await;
     chrome.goto("/billing").await;
     assert!(chrome.text().await.contains("shop"));
     chrome.check_page("billing").await;

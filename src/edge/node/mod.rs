@@ -249,8 +249,13 @@ async fn poll_config(node: Arc<Node>, creds: Credentials, http: reqwest::Client,
                 ))
                 .bearer_auth(&creds.node_token)
                 .send()
-                .await?
-                .error_for_status()?;
+                .await?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                anyhow::bail!(
+                    "the control plane refused this node's credentials: it was revoked or replaced; an admin can tell on the Edge pairs page"
+                );
+            }
+            let resp = resp.error_for_status()?;
             anyhow::Ok(resp.json::<NodeConfig>().await?)
         }
         .await;
