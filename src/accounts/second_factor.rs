@@ -80,35 +80,6 @@ fn seal_secret(vault: &Vault, secret: &TotpSecret) -> AppResult<crate::vault::Se
     )))?)
 }
 
-/// The secret of an enrolment in progress: the pending one, or a new one sealed and stored.
-/// Reloading the enrolment page keeps the secret the authenticator may have scanned already.
-pub async fn pending_secret(state: &AppState, user: &User) -> AppResult<TotpSecret> {
-    let row = sqlx::query("SELECT totp_sealed, totp_enabled_at FROM users WHERE id = $1")
-        .bind(user.id)
-        .fetch_one(&state.db)
-        .await?;
-    if row.try_get::<Option<i64>, _>("totp_enabled_at")?.is_some() {
-        return Err(AppError::conflict(
-            "already_enrolled",
-            "This account already has an authenticator. Sign in with its code.",
-        ));
-    }
-    if let Some(sealed) = row.try_get::<Option<String>, _>("totp_sealed")? {
-        return open_secret(&state.vault, sealed);
-    }
-    let secret = TotpSecret::generate();
-    let sealed = seal_secret(&state.vault, &secret)?;
-    sqlx::query(
-        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2 WHERE id = $3 AND totp_enabled_at IS NULL",
-    )
-    .bind(&sealed.armored)
-    .bind(&sealed.recipient)
-    .bind(user.id)
-    .execute(&state.db)
-    .await?;
-    Ok(secret)
-}
-
 /// Replaces the recovery codes of a user with ten new ones, returned once.
 async fn new_recovery_codes(
     conn: &mut sqlx::AnyConnection,
@@ -132,34 +103,49 @@ async fn new_recovery_codes(
     Ok(codes)
 }
 
-/// Confirms an enrolment with a code from the authenticator; returns the recovery codes,
-/// which are shown once.
+fn already_enrolled() -> AppError {
+    AppError::conflict(
+        "already_enrolled",
+        "This account already has an authenticator. Sign in with its code.",
+    )
+}
+
+/// Enrols the authenticator the user just set up: `secret` (base32, as the enrolment page gave
+/// it) with a code it shows. Nothing is stored before this succeeds, so showing the enrolment
+/// page changes nothing. Returns the recovery codes, which are shown once.
 pub async fn confirm_enrolment(
     state: &AppState,
     user: &User,
     ip: ClientIp,
+    secret: &str,
     code: &str,
 ) -> AppResult<Vec<Zeroizing<String>>> {
     limit(state, ip, user)?;
-    let secret = pending_secret(state, user).await?;
+    let secret = TotpSecret::from_base32(secret).ok_or_else(|| {
+        AppError::bad_request(
+            "invalid_secret",
+            "The enrolment form was damaged; reload the page and scan the new code.",
+        )
+    })?;
     let now = db::now();
     let Some(step) = secret.matching_step(code, now) else {
         return Err(otp_invalid());
     };
+    let sealed = seal_secret(&state.vault, &secret)?;
     let mut tx = state.db.begin().await?;
     let done = sqlx::query(
-        "UPDATE users SET totp_enabled_at = $1, totp_last_step = $2 WHERE id = $3 AND totp_enabled_at IS NULL",
+        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2, totp_enabled_at = $3, totp_last_step = $4 \
+         WHERE id = $5 AND totp_enabled_at IS NULL",
     )
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
     .bind(now)
     .bind(step)
     .bind(user.id)
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() != 1 {
-        return Err(AppError::conflict(
-            "already_enrolled",
-            "This account already has an authenticator. Sign in with its code.",
-        ));
+        return Err(already_enrolled());
     }
     let codes = new_recovery_codes(&mut tx, user.id).await?;
     audit::record(

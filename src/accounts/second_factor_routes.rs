@@ -40,7 +40,9 @@ pub fn router() -> Router<AppState> {
         .route("/account/security/recovery-codes", post(new_codes_submit))
 }
 
-/// What an authenticator app needs to enrol: the QR code, and the same secret to type in.
+/// What an authenticator app needs to enrol: the QR code, and the same secret to type in. The
+/// secret travels with the form (nothing is stored until a code from it is confirmed), and an
+/// enrolment page shown again after a wrong code keeps the secret the app has scanned.
 pub struct EnrolmentView {
     pub qr_svg: String,
     pub secret: Zeroizing<String>,
@@ -48,7 +50,10 @@ pub struct EnrolmentView {
 }
 
 impl EnrolmentView {
-    fn new(secret: &TotpSecret, email: &str) -> Self {
+    fn new(shown: Option<&str>, email: &str) -> Self {
+        let secret = shown
+            .and_then(TotpSecret::from_base32)
+            .unwrap_or_else(TotpSecret::generate);
         let uri = secret.otpauth_uri(email);
         Self {
             qr_svg: totp::qr_svg(&uri),
@@ -100,15 +105,13 @@ async fn render_step(
     viewer: &Viewer,
     user: &User,
     next: &str,
+    shown_secret: Option<&str>,
     status: StatusCode,
     errors: FormErrors,
 ) -> PageResult {
     let enrolment = match second_factor::enabled_at(&state.db, user.id).await? {
         Some(_) => None,
-        None => Some(EnrolmentView::new(
-            &second_factor::pending_secret(state, user).await?,
-            &user.email,
-        )),
+        None => Some(EnrolmentView::new(shown_secret, &user.email)),
     };
     Ok(render_status(
         status,
@@ -135,6 +138,7 @@ async fn second_factor_page(
                 &viewer,
                 &user,
                 next,
+                None,
                 StatusCode::OK,
                 FormErrors::default(),
             )
@@ -148,6 +152,8 @@ async fn second_factor_page(
 struct CodeForm {
     otp: String,
     next: Option<String>,
+    /// The secret of an enrolment (from the enrolment page).
+    secret: Option<String>,
 }
 
 async fn second_factor_submit(
@@ -174,7 +180,8 @@ async fn second_factor_submit(
             .await
             .map(|how| (how, Vec::new()))
     } else {
-        second_factor::confirm_enrolment(&state, &user, ip, &form.otp)
+        let secret = form.secret.as_deref().unwrap_or("");
+        second_factor::confirm_enrolment(&state, &user, ip, secret, &form.otp)
             .await
             .map(|codes| (Accepted::Totp, codes))
     };
@@ -200,7 +207,8 @@ async fn second_factor_submit(
         }
         Err(err) if err.status.is_client_error() => {
             let status = err.status;
-            render_step(&state, &viewer, &user, &next, status, err.into()).await
+            let shown = form.secret.as_deref();
+            render_step(&state, &viewer, &user, &next, shown, status, err.into()).await
         }
         Err(err) => Err(err.into()),
     }
@@ -220,16 +228,14 @@ struct SecurityPage {
 async fn render_security(
     state: &AppState,
     me: &SignedIn,
+    shown_secret: Option<&str>,
     status: StatusCode,
     errors: FormErrors,
 ) -> PageResult {
     let enabled_at = second_factor::enabled_at(&state.db, me.user.id).await?;
     let enrolment = match enabled_at {
         Some(_) => None,
-        None => Some(EnrolmentView::new(
-            &second_factor::pending_secret(state, &me.user).await?,
-            &me.user.email,
-        )),
+        None => Some(EnrolmentView::new(shown_secret, &me.user.email)),
     };
     let remaining_codes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
@@ -251,12 +257,13 @@ async fn render_security(
 }
 
 async fn security_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
-    render_security(&state, &me, StatusCode::OK, FormErrors::default()).await
+    render_security(&state, &me, None, StatusCode::OK, FormErrors::default()).await
 }
 
 #[derive(Deserialize)]
 struct OtpForm {
     otp: String,
+    secret: Option<String>,
 }
 
 fn show_codes(chrome: Chrome, codes: Vec<Zeroizing<String>>, next: &str) -> PageResult {
@@ -274,7 +281,8 @@ async fn enrol_submit(
     ip: ClientIp,
     CsrfForm(form): CsrfForm<OtpForm>,
 ) -> PageResult {
-    match second_factor::confirm_enrolment(&state, &me.user, ip, &form.otp).await {
+    let secret = form.secret.as_deref().unwrap_or("");
+    match second_factor::confirm_enrolment(&state, &me.user, ip, secret, &form.otp).await {
         Ok(codes) => {
             second_factor::mark_fresh(&state, &Credential::Session(me.session.clone()), db::now())
                 .await?;
@@ -282,7 +290,7 @@ async fn enrol_submit(
         }
         Err(err) if err.status.is_client_error() => {
             let status = err.status;
-            render_security(&state, &me, status, err.into()).await
+            render_security(&state, &me, form.secret.as_deref(), status, err.into()).await
         }
         Err(err) => Err(err.into()),
     }
@@ -314,7 +322,7 @@ async fn new_codes_submit(
         Ok(codes) => show_codes(me.chrome().await?, codes, "/account/security"),
         Err(err) if err.status.is_client_error() => {
             let status = err.status;
-            render_security(&state, &me, status, err.into()).await
+            render_security(&state, &me, None, status, err.into()).await
         }
         Err(err) => Err(err.into()),
     }

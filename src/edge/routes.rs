@@ -500,10 +500,11 @@ async fn config_api(
     }
 }
 
-/// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it.
-/// A node that is not confirmed (read now: a long-poll outlives its start) gets nothing to serve.
+/// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it. A
+/// node gets only a copy sealed to its own recipient, and the deploy worker stores one only for
+/// a confirmed node: an unconfirmed node has nothing to serve (and a node enrolled before
+/// confirmation existed keeps serving what it already held until an admin confirms it).
 async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
-    let node = &store::node(&state.db, node.id).await?;
     let row = sqlx::query(
         "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
          FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN certificates c ON c.id = p.certificate_id \
@@ -515,8 +516,7 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
     .await?;
     let pair: String = row.try_get("pair")?;
     let mut sites = Vec::new();
-    if let (true, Some(app_id), Some(sealed_key)) = (
-        node.holds_keys(),
+    if let (Some(app_id), Some(sealed_key)) = (
         row.try_get::<Option<i64>, _>("app_id")?,
         row.try_get::<Option<String>, _>("sealed_key")?,
     ) {

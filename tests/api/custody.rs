@@ -342,11 +342,13 @@ db_test! {
         assert!(page.body.contains("<svg") && page.body.contains("id=\"totp-secret\""), "a QR code and the key");
         let secret = page.body.split("id=\"totp-secret\">").nth(1).unwrap().split('<').next().unwrap().to_string();
         let authenticator = crate::common::Authenticator::from_text(&secret);
-        let wrong = browser.submit("/login/second-factor", "/login/second-factor", &[("otp", "12345")]).await;
+        let wrong = browser.submit("/login/second-factor", "/login/second-factor", &[("otp", "12345"), ("secret", &secret)]).await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
         assert!(wrong.body.contains("otp-error"), "the error is next to the code field");
+        assert!(wrong.body.contains(&secret), "the page shown again keeps the secret the app scanned");
+        assert_eq!(app.count("SELECT COUNT(*) FROM users WHERE totp_sealed IS NOT NULL").await, 0, "nothing is stored before a code confirms it");
         let code = authenticator.code().await;
-        let done = browser.submit("/login/second-factor", "/login/second-factor", &[("otp", &code)]).await;
+        let done = browser.submit("/login/second-factor", "/login/second-factor", &[("otp", &code), ("secret", &secret)]).await;
         assert_eq!(done.status, StatusCode::OK, "{}", done.body);
         assert_eq!(done.body.matches("<li>").count(), 10, "ten recovery codes, shown once");
         assert_eq!(browser.get("/staff/tickets").await.status, StatusCode::OK);
@@ -379,7 +381,7 @@ db_test! {
         assert!(page.body.contains("Turn on") && page.body.contains("<svg"));
         let secret = page.body.split("id=\"totp-secret\">").nth(1).unwrap().split('<').next().unwrap().to_string();
         let authenticator = crate::common::Authenticator::from_text(&secret);
-        let on = browser.submit("/account/security", "/account/security/enrol", &[("otp", &authenticator.code().await)]).await;
+        let on = browser.submit("/account/security", "/account/security/enrol", &[("otp", &authenticator.code().await), ("secret", &secret)]).await;
         assert_eq!(on.status, StatusCode::OK, "{}", on.body);
         assert!(on.body.contains("recovery-codes"));
         // From now on the password alone is not enough, in the browser or for a token.
