@@ -1,6 +1,6 @@
 //! No plaintext private key anywhere: upload keys through every path that writes (with debug
 //! logs on), then scan the data directory, the database and the logs for any fragment of any
-//! uploaded key, in PEM, base64, hex or raw DER form.
+//! uploaded key, in PEM, base64, hex or raw DER form — and for a staff member's TOTP secret.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use certdrop::accounts::Role;
@@ -208,6 +208,40 @@ async fn scan(backend: Backend) {
         .await;
     assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY);
     keys.extend([leaf.key_pem, wrong]);
+    // A staff member's second factor: signs in through the browser with a code (and the
+    // enrolment secret rests sealed, so it too must appear nowhere in the clear).
+    let out = certdrop_command(
+        &[
+            "users:create",
+            "--email",
+            "sam@example.com",
+            "--role",
+            "staff",
+            "--password-stdin",
+        ],
+        &env,
+        Some("correct horse battery\n"),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let uri = printed
+        .lines()
+        .find(|l| l.starts_with("otpauth://"))
+        .unwrap()
+        .to_string();
+    let totp_secret = uri
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap()
+        .to_string();
+    let staff = Browser::new(&server.address);
+    let resp = staff
+        .log_in("sam@example.com", "correct horse battery")
+        .await;
+    let code = crate::common::Authenticator::from_text(&uri).code().await;
+    let resp = staff
+        .submit(resp.location(), "/login/second-factor", &[("otp", &code)])
+        .await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
 
     let out = certdrop_command(&["vault:rotate"], &env, None);
     assert!(
@@ -225,6 +259,8 @@ async fn scan(backend: Backend) {
         needles.len() > keys.len() * 10,
         "enough of each key is secret to look for"
     );
+    needles.push(totp_secret.clone().into_bytes());
+    needles.push(totp_secret.to_lowercase().into_bytes());
     let log = std::fs::read(&server.log).unwrap();
     assert!(
         log.len() > 1000 && String::from_utf8_lossy(&log).contains("DEBUG"),
