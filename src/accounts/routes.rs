@@ -151,6 +151,15 @@ async fn after_password(
         return Ok(see_other(next));
     }
     session.cycle_id().await.map_err(session_error)?;
+    // Half signed in is signed in as nobody: whoever this session was before is forgotten.
+    session
+        .remove::<i64>(USER_KEY)
+        .await
+        .map_err(session_error)?;
+    session
+        .remove::<i64>(SESSION_FACTOR_AT)
+        .await
+        .map_err(session_error)?;
     session
         .insert(
             PENDING_KEY,
