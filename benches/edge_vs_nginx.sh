@@ -32,23 +32,37 @@ http { access_log off; server { listen 127.0.0.1:$BACKEND; keepalive_requests 10
 CONF
 nginx -c "$WORK/nginx/backend.conf" -g 'daemon off;' & PIDS+=($!)
 
-# A control plane, two edge nodes, an app whose backend is the one above.
+# A control plane, two edge nodes, an app whose backend is the one above. One person runs the
+# bench, so its nodes are confirmed by a fleet key and separation of duties is off.
 CP=$(free_port)
-export CERTDROP_DATA_DIR="$WORK/cp" CERTDROP_LISTEN="127.0.0.1:$CP"
+FLEET=$("$BIN" fleet:keygen --out "$WORK/fleet.key" | sed -n 's/^CERTDROP_FLEET_PUBLIC_KEY=//p')
+export CERTDROP_DATA_DIR="$WORK/cp" CERTDROP_LISTEN="127.0.0.1:$CP" CERTDROP_FLEET_PUBLIC_KEY="$FLEET" \
+  CERTDROP_SEPARATION_OF_DUTIES=false CERTDROP_ALLOW_PRIVATE_BACKENDS=true
 "$BIN" serve > "$WORK/cp.log" 2>&1 & PIDS+=($!)
 until curl -fs "http://127.0.0.1:$CP/healthz" >/dev/null; do sleep 0.2; done
-for who in "staff@bench.test staff" "ann@bench.test customer"; do
-  set -- $who; echo "bench password 123" | "$BIN" users:create --email "$1" --role "$2" --password-stdin >/dev/null
-done
-token() { curl -fs "http://127.0.0.1:$CP/api/v1/tokens" -H 'content-type: application/json' -d "{\"email\":\"$1\",\"password\":\"bench password 123\"}" | json '["token"]'; }
-STAFF=$(token staff@bench.test); ANN=$(token ann@bench.test)
+echo "bench password 123" | "$BIN" users:create --email ann@bench.test --role customer --password-stdin >/dev/null
+OTPAUTH=$(echo "bench password 123" | "$BIN" users:create --email staff@bench.test --role staff --password-stdin | grep '^otpauth://')
+otp() { python3 - "$OTPAUTH" <<'PY'
+import base64, hashlib, hmac, struct, sys, time, urllib.parse
+secret = urllib.parse.parse_qs(urllib.parse.urlparse(sys.argv[1]).query)["secret"][0]
+key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+h = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+o = h[-1] & 15
+print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7fffffff) % 1000000))
+PY
+}
+token() { curl -fs "http://127.0.0.1:$CP/api/v1/tokens" -H 'content-type: application/json' -d "{\"email\":\"$1\",\"password\":\"bench password 123\",\"otp\":\"$2\"}" | json '["token"]'; }
+STAFF=$(token staff@bench.test "$(otp)"); ANN=$(token ann@bench.test "")
 api() { local t=$1; shift; curl -fs -H "authorization: Bearer $t" -H 'content-type: application/json' "$@"; }
 PAIR=$(api "$STAFF" "http://127.0.0.1:$CP/api/v1/edge-pairs" -d '{"name":"bench-pair"}')
 EDGE_TLS=$(free_port); EDGE_TLS2=$(free_port)
 i=0
 for port in $EDGE_TLS $EDGE_TLS2; do
   t=$(echo "$PAIR" | json "[\"enroll_tokens\"][$i]"); i=$((i+1))
-  RUST_LOG=warn "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" --data-dir "$WORK/edge-$port" > "$WORK/edge-$port.log" 2>&1 & PIDS+=($!)
+  recipient=$("$BIN" edge:identity --data-dir "$WORK/edge-$port" | sed -n 's/^recipient //p')
+  "$BIN" fleet:attest "$recipient" --key "$WORK/fleet.key" > "$WORK/edge-$port.attestation"
+  RUST_LOG=warn "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" \
+    --data-dir "$WORK/edge-$port" --attestation "$WORK/edge-$port.attestation" > "$WORK/edge-$port.log" 2>&1 & PIDS+=($!)
 done
 api "$ANN" "http://127.0.0.1:$CP/api/v1/apps" -d "{\"name\":\"bench\",\"backend_url\":\"http://127.0.0.1:$BACKEND\"}" >/dev/null
 api "$ANN" "http://127.0.0.1:$CP/api/v1/apps/bench/domains" -d '{"hostname":"bench.example.com"}' >/dev/null

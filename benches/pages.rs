@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         reqwest::Client::new()
             .post(format!("{base}/api/v1/apps"))
             .bearer_auth(&token)
-            .json(&serde_json::json!({"name": format!("bench-app-{i}"), "backend_url": "http://127.0.0.1:9"}))
+            .json(&serde_json::json!({"name": format!("bench-app-{i}"), "backend_url": "http://10.0.0.9:9"}))
             .send()
             .await?;
     }

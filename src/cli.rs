@@ -248,6 +248,18 @@ pub enum Command {
         /// A file holding the fleet key's attestation of this node (`certdrop fleet:attest`).
         #[arg(long)]
         attestation: Option<std::path::PathBuf>,
+        /// Seconds the app's backend has to answer before the client gets 504.
+        #[arg(long, default_value_t = 60)]
+        backend_timeout: u64,
+        /// Seconds a client has to send a request's head.
+        #[arg(long, default_value_t = 60)]
+        header_timeout: u64,
+        /// Seconds a keep-alive connection may wait for its next request.
+        #[arg(long, default_value_t = 75)]
+        idle_timeout: u64,
+        /// Client connections open at once (default: from the open-file limit).
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// Export a month's billing statement for all customers (server side).
     #[command(name = "billing:export")]
@@ -329,8 +341,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             advertise,
             data_dir,
             attestation,
+            backend_timeout,
+            header_timeout,
+            idle_timeout,
+            max_connections,
         } => {
             init_logging("info");
+            let defaults = crate::edge::node::limits::Limits::defaults();
+            let seconds = |s: u64| std::time::Duration::from_secs(s.max(1));
+            let limits = crate::edge::node::limits::Limits {
+                header_timeout: seconds(header_timeout),
+                idle_timeout: seconds(idle_timeout),
+                backend_timeout: seconds(backend_timeout),
+                max_connections: max_connections.unwrap_or(defaults.max_connections).max(1),
+            };
             let attestation = attestation
                 .map(|path| {
                     std::fs::read_to_string(&path)
@@ -346,6 +370,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 advertise,
                 data_dir,
                 attestation,
+                limits,
             })
             .await
         }

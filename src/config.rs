@@ -36,6 +36,8 @@ pub struct Config {
     pub separation_of_duties: bool,
     /// With a fleet key, nodes enroll only with an attestation signed by it, which confirms them.
     pub fleet_public_key: Option<crate::edge::fleet::FleetPublicKey>,
+    /// Backends may be on loopback or link-local addresses (one-host setups, loopback tests).
+    pub allow_private_backends: bool,
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -54,6 +56,16 @@ fn read_var(name: &str) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
+/// A `true`/`false` variable, or `default` when unset.
+fn read_bool(name: &str, default: bool) -> anyhow::Result<bool> {
+    match read_var(name)?.as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => bail!("{name}: `{other}` is neither true nor false"),
+    }
+}
+
 impl Config {
     /// Reads every setting of PRODUCT.md's configuration table from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -70,13 +82,8 @@ impl Config {
         let extra_trust_roots = read_var("CERTDROP_EXTRA_TRUST_ROOTS")?;
         let price = read_var("CERTDROP_PAIR_PRICE_CENTS")?.unwrap_or_else(|| "2000".into());
         let currency = read_var("CERTDROP_CURRENCY")?.unwrap_or_else(|| "USD".into());
-        let separation_of_duties = match read_var("CERTDROP_SEPARATION_OF_DUTIES")?.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                bail!("CERTDROP_SEPARATION_OF_DUTIES: `{other}` is neither true nor false")
-            }
-        };
+        let separation_of_duties = read_bool("CERTDROP_SEPARATION_OF_DUTIES", true)?;
+        let allow_private_backends = read_bool("CERTDROP_ALLOW_PRIVATE_BACKENDS", false)?;
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
@@ -94,6 +101,7 @@ impl Config {
         )?;
         config.separation_of_duties = separation_of_duties;
         config.fleet_public_key = fleet_public_key;
+        config.allow_private_backends = allow_private_backends;
         Ok(config)
     }
 
@@ -183,6 +191,7 @@ impl Config {
             currency,
             separation_of_duties: true,
             fleet_public_key: None,
+            allow_private_backends: false,
         })
     }
 

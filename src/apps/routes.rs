@@ -65,6 +65,7 @@ async fn create_app(
     let (Some(name), Some(backend)) = (name, backend) else {
         return Err(AppError::many(StatusCode::UNPROCESSABLE_ENTITY, errors));
     };
+    backend_allowed(state, &backend).await?;
     let app = store::create(&state.db, user, &name, &backend).await?;
     audit::record(
         &state.db,
@@ -119,35 +120,73 @@ async fn delete_app(state: &AppState, user: &User, ip: ClientIp, app: &App) -> A
     .await
 }
 
-/// Changes the backend URL and/or "force HTTPS"; a served app's edge pair picks it up at once.
+/// Changes the backend URL, "force HTTPS" and the HSTS max-age; a served app's edge pair picks
+/// them up at once.
 async fn update_app(
     state: &AppState,
     user: &User,
     ip: ClientIp,
     app: &App,
-    force_https: Option<bool>,
-    backend: Option<&str>,
+    mut changes: store::Changes,
 ) -> AppResult<()> {
     if app.owner_id != user.id {
         return Err(AppError::forbidden());
     }
-    let backend = backend
-        .map(|b| {
-            validate_backend(b).map_err(|m| {
-                AppError::unprocessable(ErrorItem::new("invalid_backend_url", m).on("backend_url"))
-            })
-        })
-        .transpose()?;
-    store::update(&state.db, app, force_https, backend.as_deref()).await?;
+    if let Some(raw) = &changes.backend_url {
+        let backend = validate_backend(raw).map_err(|m| {
+            AppError::unprocessable(ErrorItem::new("invalid_backend_url", m).on("backend_url"))
+        })?;
+        backend_allowed(state, &backend).await?;
+        changes.backend_url = Some(backend);
+    }
+    if changes
+        .hsts_max_age
+        .is_some_and(|age| !(0..=MAX_HSTS_SECONDS).contains(&age))
+    {
+        return Err(AppError::unprocessable(
+            ErrorItem::new(
+                "invalid_hsts_max_age",
+                "HSTS max-age is a number of seconds from 0 (off) to 63072000 (two years); 31536000 is one year.",
+            )
+            .on("hsts_max_age"),
+        ));
+    }
+    store::update(&state.db, app, &changes).await?;
     republish(state, app).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "app.updated", "app", &app.name)
             .app(&app.name)
-            .detail(json!({"force_https": force_https, "backend_url": backend}))
+            .detail(json!(changes))
             .ip(ip.0),
     )
     .await
+}
+
+/// Two years, the longest HSTS max-age browsers' preload lists ask for.
+const MAX_HSTS_SECONDS: i64 = 2 * 365 * 24 * 3600;
+
+/// Refuses a backend (already a valid URL) that resolves to where an edge must never proxy:
+/// the machine itself, link-local addresses, certdrop's own listener or an edge node's.
+async fn backend_allowed(state: &AppState, backend: &str) -> AppResult<()> {
+    let refused = |message: String| {
+        AppError::unprocessable(ErrorItem::new("backend_not_allowed", message).on("backend_url"))
+    };
+    let url = url::Url::parse(backend).map_err(|e| refused(e.to_string()))?;
+    let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
+        return Ok(());
+    };
+    let mut own: Vec<std::net::SocketAddr> = crate::edge::store::node_addresses(&state.db).await?;
+    own.push(state.config.listen);
+    if let (Some(url::Host::Ipv4(ip)), Some(port)) = (
+        state.base_url.host(),
+        state.base_url.port_or_known_default(),
+    ) {
+        own.push((ip, port).into());
+    }
+    crate::edge::backend::check_host(&host, port, state.config.allow_private_backends, &own)
+        .await
+        .map_err(refused)
 }
 
 /// Tells the app's edge pair (if it has one) to fetch its configuration again.
@@ -447,6 +486,7 @@ pub struct AppJson {
     backend_url: String,
     owner: String,
     force_https: bool,
+    hsts_max_age: i64,
     domains: Vec<String>,
     created_at: String,
 }
@@ -458,6 +498,7 @@ impl AppJson {
             backend_url: app.backend_url,
             owner: app.owner_email,
             force_https: app.force_https,
+            hsts_max_age: app.hsts_max_age,
             domains,
             created_at: web::rfc3339(app.created_at),
         }
@@ -604,29 +645,15 @@ async fn remove_domain_api(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct UpdateAppRequest {
-    force_https: Option<bool>,
-    backend_url: Option<String>,
-}
-
 async fn update_app_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     ip: ClientIp,
     Path(name): Path<String>,
-    Json(req): Json<UpdateAppRequest>,
+    Json(changes): Json<store::Changes>,
 ) -> AppResult<Response> {
     let app = store::find_visible(&state.db, &user, &name).await?;
-    update_app(
-        &state,
-        &user,
-        ip,
-        &app,
-        req.force_https,
-        req.backend_url.as_deref(),
-    )
-    .await?;
+    update_app(&state, &user, ip, &app, changes).await?;
     let app = store::find_visible(&state.db, &user, &name).await?;
     let domains = store::domains(&state.db, &app).await?;
     Ok(Json(AppJson::new(
@@ -640,6 +667,7 @@ async fn update_app_api(
 struct SettingsForm {
     backend_url: String,
     force_https: Option<String>,
+    hsts_max_age: Option<String>,
 }
 
 async fn settings_page(
@@ -650,16 +678,16 @@ async fn settings_page(
     CsrfForm(form): CsrfForm<SettingsForm>,
 ) -> PageResult {
     let app = store::find_visible(&state.db, &me.user, &name).await?;
-    match update_app(
-        &state,
-        &me.user,
-        ip,
-        &app,
-        Some(form.force_https.is_some()),
-        Some(&form.backend_url),
-    )
-    .await
-    {
+    let hsts_max_age = match form.hsts_max_age.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse().unwrap_or(-1)),
+    };
+    let changes = store::Changes {
+        force_https: Some(form.force_https.is_some()),
+        backend_url: Some(form.backend_url),
+        hsts_max_age,
+    };
+    match update_app(&state, &me.user, ip, &app, changes).await {
         Ok(()) => {
             web::flash(
                 &me.session,

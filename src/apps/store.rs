@@ -17,6 +17,8 @@ pub struct App {
     pub owner_email: String,
     pub backend_url: String,
     pub force_https: bool,
+    /// HSTS max-age the edge sends while HTTPS is forced (0: no HSTS).
+    pub hsts_max_age: i64,
     pub created_at: i64,
 }
 
@@ -28,7 +30,7 @@ pub struct Domain {
 }
 
 const APP_COLUMNS: &str = "a.id, a.name, a.owner_id, u.email AS owner_email, a.backend_url, \
-                           a.force_https, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id";
+                           a.force_https, a.hsts_max_age, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id";
 
 fn app_from_row(row: &AnyRow) -> Result<App, sqlx::Error> {
     Ok(App {
@@ -38,6 +40,7 @@ fn app_from_row(row: &AnyRow) -> Result<App, sqlx::Error> {
         owner_email: row.try_get("owner_email")?,
         backend_url: row.try_get("backend_url")?,
         force_https: row.try_get::<i64, _>("force_https")? != 0,
+        hsts_max_age: row.try_get("hsts_max_age")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -117,17 +120,22 @@ pub async fn delete(db: &Db, app: &App) -> AppResult<()> {
     Ok(())
 }
 
-pub async fn update(
-    db: &Db,
-    app: &App,
-    force_https: Option<bool>,
-    backend_url: Option<&str>,
-) -> AppResult<()> {
+/// What an update changes; `None` keeps the current value.
+#[derive(Clone, Debug, Default, serde::Deserialize, Serialize)]
+pub struct Changes {
+    pub force_https: Option<bool>,
+    pub backend_url: Option<String>,
+    pub hsts_max_age: Option<i64>,
+}
+
+pub async fn update(db: &Db, app: &App, changes: &Changes) -> AppResult<()> {
     sqlx::query(
-        "UPDATE apps SET force_https = COALESCE($1, force_https), backend_url = COALESCE($2, backend_url) WHERE id = $3",
+        "UPDATE apps SET force_https = COALESCE($1, force_https), backend_url = COALESCE($2, backend_url), \
+         hsts_max_age = COALESCE($3, hsts_max_age) WHERE id = $4",
     )
-    .bind(force_https.map(i64::from))
-    .bind(backend_url)
+    .bind(changes.force_https.map(i64::from))
+    .bind(changes.backend_url.as_deref())
+    .bind(changes.hsts_max_age)
     .bind(app.id)
     .execute(db)
     .await?;

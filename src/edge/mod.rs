@@ -4,6 +4,7 @@
 //! confirmed nodes only, rolls them out and verifies them by a real TLS handshake.
 //! `node/` is the edge node itself.
 
+pub mod backend;
 pub mod custody;
 pub mod deploy;
 pub mod fleet;
@@ -65,6 +66,10 @@ pub struct NodeConfig {
     pub version: i64,
     pub pair: String,
     pub sites: Vec<Site>,
+    /// Whether backends may be on loopback or link-local addresses
+    /// (`CERTDROP_ALLOW_PRIVATE_BACKENDS`); the node enforces it on every connection.
+    #[serde(default)]
+    pub allow_private_backends: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,6 +83,9 @@ pub struct Site {
     pub sealed_key: String,
     pub backend_url: String,
     pub force_https: bool,
+    /// `Strict-Transport-Security: max-age` sent over TLS while `force_https` is on (0: none).
+    #[serde(default)]
+    pub hsts_max_age: i64,
 }
 
 /// Enrollment request of a node.

@@ -506,7 +506,7 @@ async fn config_api(
 /// confirmation existed keeps serving what it already held until an admin confirms it).
 async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
     let row = sqlx::query(
-        "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
+        "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, a.hsts_max_age, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
          FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN certificates c ON c.id = p.certificate_id \
          LEFT JOIN node_keys k ON k.certificate_id = c.id AND k.node_id = $1 WHERE p.id = $2",
     )
@@ -537,12 +537,14 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
             sealed_key,
             backend_url: row.try_get("backend_url")?,
             force_https: row.try_get::<i64, _>("force_https")? != 0,
+            hsts_max_age: row.try_get("hsts_max_age")?,
         });
     }
     Ok(NodeConfig {
         version,
         pair,
         sites,
+        allow_private_backends: state.config.allow_private_backends,
     })
 }
 

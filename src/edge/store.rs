@@ -398,3 +398,19 @@ pub async fn bump_config_of_app(db: &Db, app_id: i64) -> AppResult<bool> {
             .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// Where edge nodes listen (their advertised TLS and plain-HTTP addresses), so no app's backend
+/// points back at an edge.
+pub async fn node_addresses(db: &Db) -> AppResult<Vec<std::net::SocketAddr>> {
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT address, http_address FROM edge_nodes WHERE address IS NOT NULL OR http_address IS NOT NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .flat_map(|(a, h)| [a, h])
+        .flatten()
+        .filter_map(|a| a.parse().ok())
+        .collect())
+}

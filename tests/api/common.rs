@@ -217,6 +217,8 @@ impl TestApp {
         let mut config = Config::for_data_dir(data_dir.path()).expect("default config");
         config.database_url = SecretString::from(database.url.clone());
         config.db_backend = database.backend;
+        // Backends and edge nodes all live on loopback here.
+        config.allow_private_backends = true;
         tweak(&mut config);
         let app = Application::build(config)
             .await
@@ -657,6 +659,7 @@ impl ServerProcess {
             .env("CERTDROP_DATA_DIR", data_dir)
             .env("CERTDROP_DATABASE_URL", database_url)
             .env("CERTDROP_LISTEN", "127.0.0.1:0")
+            .env("CERTDROP_ALLOW_PRIVATE_BACKENDS", "true")
             .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -769,7 +772,7 @@ impl TestApp {
                 .api_anonymous()
                 .post(
                     "/api/v1/edge/enroll",
-                    serde_json::json!({"enroll_token": token, "recipient": recipient, "address": "127.0.0.1:9"}),
+                    serde_json::json!({"enroll_token": token, "recipient": recipient, "address": "192.0.2.1:443"}),
                 )
                 .await;
             assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
@@ -792,6 +795,18 @@ pub async fn confirm_node(admin: &Api, id: i64, fingerprint: &str) {
 }
 
 impl Api {
+    /// A JSON PATCH, read whole.
+    pub async fn patch_json(&self, path: &str, body: Value) -> Resp {
+        Resp::read(
+            self.req(reqwest::Method::PATCH, path)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// A JSON PATCH; returns the status.
     pub async fn patch(&self, path: &str, body: Value) -> StatusCode {
         self.req(reqwest::Method::PATCH, path)

@@ -40,7 +40,7 @@ async fn pair_with_own_nodes(
             .api_anonymous()
             .post(
                 "/api/v1/edge/enroll",
-                json!({"enroll_token": token, "recipient": identity.to_public().to_string(), "address": "127.0.0.1:9"}),
+                json!({"enroll_token": token, "recipient": identity.to_public().to_string(), "address": "192.0.2.1:443"}),
             )
             .await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
@@ -269,7 +269,7 @@ db_test! {
         assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
         let identity = age::x25519::Identity::generate();
         let enrolled = app.api_anonymous()
-            .post("/api/v1/edge/enroll", json!({"enroll_token": token.json["enroll_token"], "recipient": identity.to_public().to_string(), "address": "127.0.0.1:9"}))
+            .post("/api/v1/edge/enroll", json!({"enroll_token": token.json["enroll_token"], "recipient": identity.to_public().to_string(), "address": "192.0.2.1:443"}))
             .await;
         assert_eq!(enrolled.json["state"], "enrolled");
         let resp = sam.post(&format!("/api/v1/edge-nodes/{id}/confirm"), json!({"recipient_fingerprint": fingerprint(&identity)})).await;
@@ -426,7 +426,7 @@ async fn enroll(
     app.api_anonymous()
         .post(
             "/api/v1/edge/enroll",
-            json!({"enroll_token": token, "recipient": recipient, "address": "127.0.0.1:9", "attestation": attestation}),
+            json!({"enroll_token": token, "recipient": recipient, "address": "192.0.2.1:443", "attestation": attestation}),
         )
         .await
 }

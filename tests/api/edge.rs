@@ -48,6 +48,17 @@ pub async fn start_pair(
     confirmer: &Api,
     name: &str,
 ) -> [EdgeNode; 2] {
+    start_pair_with(app_address, creator, confirmer, name, &[]).await
+}
+
+/// `start_pair` with extra flags for both nodes.
+pub async fn start_pair_with(
+    app_address: &str,
+    creator: &Api,
+    confirmer: &Api,
+    name: &str,
+    flags: &[&str],
+) -> [EdgeNode; 2] {
     let pair = creator
         .post("/api/v1/edge-pairs", json!({"name": name}))
         .await;
@@ -59,8 +70,8 @@ pub async fn start_pair(
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
     let nodes = [
-        EdgeNode::start(app_address, &tokens[0]),
-        EdgeNode::start(app_address, &tokens[1]),
+        EdgeNode::start_with(app_address, &tokens[0], flags),
+        EdgeNode::start_with(app_address, &tokens[1], flags),
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let listed = loop {

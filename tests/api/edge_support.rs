@@ -47,7 +47,8 @@ pub struct EdgeNode {
 }
 
 impl EdgeNode {
-    pub fn start(control_plane: &str, token: &str) -> Self {
+    /// A node started with extra flags (timeouts, limits).
+    pub fn start_with(control_plane: &str, token: &str, flags: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().with_extension("edge.log");
         Self::spawn(
@@ -57,6 +58,7 @@ impl EdgeNode {
             log,
             "127.0.0.1:0",
             "127.0.0.1:0",
+            flags,
         )
     }
 
@@ -67,6 +69,7 @@ impl EdgeNode {
         log: std::path::PathBuf,
         listen: &str,
         http_listen: &str,
+        flags: &[&str],
     ) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -88,6 +91,7 @@ impl EdgeNode {
                 "--data-dir",
             ])
             .arg(data_dir.path())
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
@@ -143,6 +147,7 @@ impl EdgeNode {
             this.log.clone(),
             &tls,
             &http,
+            &[],
         )
     }
 

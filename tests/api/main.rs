@@ -10,6 +10,7 @@ mod certs;
 mod cli;
 mod custody;
 mod edge;
+mod edge_limits;
 mod edge_support;
 mod health;
 mod keyscan;

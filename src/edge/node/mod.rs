@@ -4,14 +4,24 @@
 //! backend. It keeps serving its last good configuration when the control plane is away, and
 //! after a restart it serves its sealed local copy before it has reached the control plane.
 
+pub mod limits;
 mod proxy;
 mod sites;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use tokio::net::TcpListener;
 
 use super::{Enrolled, Enrollment, NodeConfig};
@@ -27,6 +37,7 @@ pub struct NodeArgs {
     pub data_dir: PathBuf,
     /// The fleet key's signature over this node's recipient (`certdrop fleet:attest`).
     pub attestation: Option<String>,
+    pub limits: limits::Limits,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +71,16 @@ pub struct Node {
     data_dir: PathBuf,
     /// The TLS port, for X-Forwarded-Port and redirects.
     pub tls_port: u16,
+    pub limits: limits::Limits,
+    /// One permit per open client connection (`--max-connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+    pub started: std::time::Instant,
+    /// The second (since `started`) of the last "shedding connections" log line.
+    pub last_shed_log: AtomicU64,
+    /// This node's mark in `Via`, to recognise a request that loops back to it.
+    pub hop: String,
+    /// The control plane's policy on loopback and link-local backends.
+    pub allow_private_backends: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -67,6 +88,8 @@ impl Node {
     /// together); on any error the previous set keeps serving.
     fn apply(&self, config: &NodeConfig) -> anyhow::Result<()> {
         let sites = Sites::open(config, &self.identity)?;
+        self.allow_private_backends
+            .store(config.allow_private_backends, Ordering::Relaxed);
         self.sites.store(Arc::new(sites));
         write_private(
             &self.data_dir.join("config.json"),
@@ -99,6 +122,16 @@ pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<age::x25519::
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.data_dir)?;
+    // One node per data directory: a second process would split the traffic and the state.
+    let lock_path = args.data_dir.join("node.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another certdrop edge is running with the data dir {}; stop it first (or give this one its own --data-dir)",
+            args.data_dir.display()
+        );
+    }
     // Like ssh's host key: the admin who confirms this node compares this line with the page.
     let recipient = identity.to_public().to_string();
     eprintln!(
@@ -131,11 +164,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .build()?;
     let creds = credentials(&args, &identity, tls_addr, http_addr, &http).await?;
 
+    let hop = format!(
+        "certdrop-edge-{}",
+        &hex::encode(sha2::Sha256::digest(recipient.as_bytes()))[..12]
+    );
     let node = Arc::new(Node {
         sites: ArcSwap::from_pointee(Sites::default()),
         identity,
         data_dir: args.data_dir.clone(),
         tls_port: tls_addr.port(),
+        limits: args.limits,
+        connections: Arc::new(tokio::sync::Semaphore::new(args.limits.max_connections)),
+        started: std::time::Instant::now(),
+        last_shed_log: AtomicU64::new(u64::MAX),
+        hop,
+        allow_private_backends: Arc::new(AtomicBool::new(false)),
     });
     let mut applied = 0;
     if let Ok(bytes) = std::fs::read(args.data_dir.join("config.json")) {
@@ -153,7 +196,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    tracing::info!(tls = %tls_addr, http = ?http_addr, pair = %creds.pair, "certdrop edge is serving");
+    tracing::info!(
+        tls = %tls_addr,
+        http = ?http_addr,
+        pair = %creds.pair,
+        max_connections = args.limits.max_connections,
+        "certdrop edge is serving"
+    );
 
     for listener in tls_listeners {
         let node = node.clone();
@@ -176,6 +225,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let poll = tokio::spawn(poll_config(node.clone(), creds, http, applied));
     crate::startup::shutdown_signal().await;
     poll.abort();
+    drop(lock);
     if let Some(p) = plain {
         p.abort();
     }

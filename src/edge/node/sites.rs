@@ -15,6 +15,9 @@ pub struct Site {
     pub certified: Arc<CertifiedKey>,
     pub backend: String,
     pub force_https: bool,
+    pub hsts_max_age: i64,
+    /// Why the backend's address may not be proxied to, when it is an IP it may not be.
+    pub backend_refusal: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -50,11 +53,21 @@ impl Sites {
                 .with_context(|| format!("{}: the key is not PEM", site.app))?;
             let certified = CertifiedKey::from_der(chain, der, &provider)
                 .with_context(|| format!("{}: key and certificate do not match", site.app))?;
+            let backend_refusal = url::Url::parse(&site.backend_url)
+                .ok()
+                .and_then(|u| match u.host()? {
+                    url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
+                    url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
+                    url::Host::Domain(_) => None,
+                })
+                .and_then(|ip| crate::edge::backend::refusal(ip, config.allow_private_backends));
             let entry = Arc::new(Site {
                 app: site.app.clone(),
                 certified: Arc::new(certified),
                 backend: site.backend_url.trim_end_matches('/').to_string(),
                 force_https: site.force_https,
+                hsts_max_age: site.hsts_max_age,
+                backend_refusal,
             });
             for host in &site.hostnames {
                 match host.strip_prefix("*.") {
