@@ -283,6 +283,9 @@ pub enum Command {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // Whatever runs first (serve, users:create, an edge node) creates private files: the
+    // database, its journal, mail and keys are for certdrop's user alone.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     crate::startup::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -419,7 +422,7 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
     let role = Role::parse(role).context("role must be customer, staff or admin")?;
     let (secret, generated) = if password_stdin {
         let secret = read_stdin_secret()?;
-        if let Err(msg) = accounts::check_new_password(secret.expose_secret()) {
+        if let Err(msg) = accounts::check_new_password(secret.expose_secret(), &email) {
             bail!(msg);
         }
         (secret, false)

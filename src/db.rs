@@ -19,10 +19,13 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Connects to the configured database, creating the SQLite file when needed, and migrates it.
+/// The data directory is made private (0700) first, whichever command runs first.
 pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+    create_private_dir(&config.data_dir)?;
     install_default_drivers();
     let mut url = config.database_url().to_string();
-    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+    // Two seconds, then the request is answered 503 rather than left waiting.
+    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(2));
     let options = match config.db_backend {
         DbBackend::Sqlite => {
             if !url.contains('?') {
@@ -61,9 +64,67 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     Ok(pool)
 }
 
+/// Creates the data directory if needed and makes it private to certdrop's user (0700).
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (CERTDROP_DATA_DIR)",
+            dir.display()
+        )
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The current time in unix seconds, the one timestamp format stored.
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A database failure that is not a bug: it cannot be reached, or its storage is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trouble {
+    Unavailable,
+    Full,
+}
+
+/// Whether the data directory's file system has under 16 MiB free.
+pub fn nearly_full(data_dir: &std::path::Path) -> bool {
+    rustix::fs::statvfs(data_dir).is_ok_and(|fs| fs.f_bavail.saturating_mul(fs.f_frsize) < 16 << 20)
+}
+
+/// Whether `err` is a `Trouble` (mapped to 503 or 507), not a bug (500).
+pub fn trouble(err: &sqlx::Error) -> Option<Trouble> {
+    classify(err)
+}
+
+fn classify(err: &sqlx::Error) -> Option<Trouble> {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Some(Trouble::Unavailable),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite: SQLITE_FULL (13). PostgreSQL: disk_full (53100); connection failures
+            // (08…), shutting down or not accepting connections (57P01-57P03).
+            if code == "13" || code == "53100" || db.message().contains("database or disk is full")
+            {
+                Some(Trouble::Full)
+            } else if code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03") {
+                Some(Trouble::Unavailable)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 /// True when a database error is a unique-constraint violation (mapped to 409, never 500).

@@ -168,7 +168,56 @@ impl From<anyhow::Error> for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
-        Self::internal(anyhow::Error::new(err).context("database error"))
+        let trouble = crate::db::trouble(&err);
+        Self::database(trouble, anyhow::Error::new(err).context("database error"))
+    }
+}
+
+/// Marks a session store error caused by the database being unreachable or full, so it is
+/// answered like any other database trouble (the store's error type only carries text).
+pub const UNAVAILABLE_MARK: &str = "[database unavailable]";
+pub const FULL_MARK: &str = "[storage full]";
+
+impl From<tower_sessions::session::Error> for AppError {
+    fn from(err: tower_sessions::session::Error) -> Self {
+        let text = err.to_string();
+        let trouble = if text.contains(UNAVAILABLE_MARK) {
+            Some(crate::db::Trouble::Unavailable)
+        } else if text.contains(FULL_MARK) {
+            Some(crate::db::Trouble::Full)
+        } else {
+            None
+        };
+        Self::database(trouble, anyhow::anyhow!("session: {text}"))
+    }
+}
+
+impl AppError {
+    /// 503 `database_unavailable` or 507 `storage_full` for database trouble, else 500.
+    fn database(trouble: Option<crate::db::Trouble>, cause: anyhow::Error) -> Self {
+        let mut err = match trouble {
+            Some(crate::db::Trouble::Unavailable) => {
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorItem::new(
+                        "database_unavailable",
+                        "certdrop cannot reach its database just now; nothing was changed. Try again in a minute.",
+                    ),
+                );
+                err.retry_after = Some(5);
+                err
+            }
+            Some(crate::db::Trouble::Full) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorItem::new(
+                    "storage_full",
+                    "certdrop's storage is full, so nothing was saved. Try again once the operator has freed space.",
+                ),
+            ),
+            None => return Self::internal(cause),
+        };
+        err.source = Some(cause);
+        err
     }
 }
 

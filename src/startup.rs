@@ -8,7 +8,7 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, Request, State},
     http::{StatusCode, Uri},
-    middleware,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -49,7 +49,7 @@ impl Application {
     /// Prepares the data directory and database and binds the listener; nothing is served yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         install_crypto_provider();
-        create_private_dir(&config.data_dir)?;
+        db::create_private_dir(&config.data_dir)?;
         let vault = Vault::open_or_create(&config.vault_identity)?;
         let trust = TrustStore::load(config.extra_trust_roots.as_deref())?;
         let db = db::connect(&config).await?;
@@ -76,6 +76,7 @@ impl Application {
             mail_wake: Arc::new(Notify::new()),
             deploy_wake: Arc::new(Notify::new()),
             config_changed: Arc::new(Notify::new()),
+            storage_full_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let transport = mail::worker::Transport::from_config(&state.config)?;
@@ -141,22 +142,6 @@ impl Application {
     }
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!(
-            "cannot create the data directory {} (CERTDROP_DATA_DIR)",
-            dir.display()
-        )
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
-    }
-    Ok(())
-}
-
 fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let sessions = DbSessionStore::new(state.db.clone());
     let limiter = state.login_limiter.clone();
@@ -216,9 +201,17 @@ pub fn router(state: AppState) -> Router {
         .layer(sessions)
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            accounts::csrf::anonymous_cookie,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             web::origin_check,
         ))
         .layer(middleware::from_fn(web::security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            note_storage_full,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             ServiceBuilder::new()
@@ -237,16 +230,39 @@ async fn home(viewer: Viewer) -> Response {
     })
 }
 
+/// Remembers when an answer was 507 `storage_full`, so `/readyz` says so for a while.
+async fn note_storage_full(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::INSUFFICIENT_STORAGE {
+        state
+            .storage_full_at
+            .store(db::now(), std::sync::atomic::Ordering::Relaxed);
+    }
+    response
+}
+
+/// Ready when the database answers within a second and storage is not full (no 507 in the last
+/// 30 seconds, and at least 16 MiB free where the data directory is).
 async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i64>("SELECT 1")
-        .fetch_one(&state.db)
-        .await
-    {
-        Ok(_) => "ready".into_response(),
-        Err(err) => {
+    let query = sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db);
+    let full = db::now()
+        - state
+            .storage_full_at
+            .load(std::sync::atomic::Ordering::Relaxed)
+        < 30
+        || db::nearly_full(&state.config.data_dir);
+    match tokio::time::timeout(Duration::from_secs(1), query).await {
+        Ok(Ok(_)) if full => (StatusCode::SERVICE_UNAVAILABLE, "storage full").into_response(),
+        Ok(Ok(_)) => "ready".into_response(),
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
     }
 }
 

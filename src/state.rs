@@ -29,6 +29,8 @@ pub struct AppState {
     pub deploy_wake: Arc<Notify>,
     /// Wakes nodes' long-polls when a pair's configuration changes.
     pub config_changed: Arc<Notify>,
+    /// When this instance last answered 507 `storage_full` (unix seconds), for `/readyz`.
+    pub storage_full_at: Arc<std::sync::atomic::AtomicI64>,
     /// Turns true when the server begins to shut down, so long-polls answer at once.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }

@@ -42,14 +42,21 @@ pub struct Chrome {
 const FLASH_KEY: &str = "flash";
 
 impl Chrome {
-    pub async fn new(session: &Session, user: Option<&User>) -> AppResult<Self> {
-        let csrf = crate::accounts::csrf::token(session).await?;
-        let internal =
-            |e: tower_sessions::session::Error| AppError::internal(anyhow::anyhow!("session: {e}"));
+    /// Forms carry the session's CSRF token when signed in, else the visitor's cookie token
+    /// (`anonymous`), so a page for a visitor who is not signed in stores no session.
+    pub async fn new(
+        session: &Session,
+        user: Option<&User>,
+        anonymous: Option<&crate::accounts::csrf::AnonymousToken>,
+    ) -> AppResult<Self> {
+        let csrf = match (user, anonymous) {
+            (None, Some(token)) => token.0.clone(),
+            _ => crate::accounts::csrf::token(session).await?,
+        };
         // Remove only when present: a removal marks the session for saving, a write per page.
-        let flash = session.get::<Flash>(FLASH_KEY).await.map_err(internal)?;
+        let flash = session.get::<Flash>(FLASH_KEY).await?;
         if flash.is_some() {
-            session.remove::<Flash>(FLASH_KEY).await.map_err(internal)?;
+            session.remove::<Flash>(FLASH_KEY).await?;
         }
         Ok(Self {
             user: user.map(|u| NavUser {
@@ -74,7 +81,7 @@ pub async fn flash(session: &Session, kind: &str, message: impl Into<String>) ->
             },
         )
         .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))
+        .map_err(AppError::from)
 }
 
 pub fn render(page: &impl Template) -> AppResult<Response> {
@@ -224,6 +231,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn next_is_only_ever_a_path_on_this_site() {
+        for bad in [
+            "//evil.example/x",
+            "/\t/127.0.0.1:8080/x",
+            "/\\evil.example",
+            "/x\r\nSet-Cookie: a=b",
+            "/x\u{b}y",
+            "https://evil.example",
+            "/ /evil",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/apps", "{bad:?}");
+        }
+        assert_eq!(safe_next(Some("/tickets/3?x=1")), "/tickets/3?x=1");
+        assert_eq!(safe_next(None), "/apps");
+    }
+
+    #[test]
     fn a_foreign_origin_is_refused_and_a_missing_one_allowed() {
         let base = "http://127.0.0.1:8080";
         let mut headers = HeaderMap::new();
@@ -325,6 +350,15 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Adds `Retry-After` to a page answering "too many attempts".
+pub fn with_retry_after(mut page: Response, seconds: Option<u64>) -> Response {
+    if let Some(seconds) = seconds {
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    page
+}
+
 /// A JSON body that may be left out entirely (`{}` assumed), for actions with optional fields.
 pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> AppResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -338,10 +372,21 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> A
     })
 }
 
-/// A `next` parameter is followed only to a local path: never `//host` or `\\host` (no open redirect).
+/// A `next` parameter is followed only to a path on this site: it starts with one `/`, and holds
+/// no backslash, space or control character (browsers drop tabs and newlines, turning `/\t/host`
+/// into `//host`), so no open redirect and no invalid `Location`.
 pub fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.len() <= 2048
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control()) =>
+        {
+            n
+        }
         _ => "/apps",
     }
 }

@@ -1,5 +1,7 @@
-//! CSRF protection for forms: a random token per session, sent back in a hidden field and
-//! compared in constant time. (The Origin check in `web` is the second, independent guard.)
+//! CSRF protection for forms: a random token per signed-in session, sent back in a hidden field
+//! and compared in constant time. A visitor who is not signed in gets their token in a cookie of
+//! its own instead (double submit: another site can neither read nor set it), so showing the
+//! sign-in page stores no session. (The Origin check in `web` is the second, independent guard.)
 
 use axum::{
     body::Bytes,
@@ -18,13 +20,9 @@ use crate::{
 const KEY: &str = "csrf";
 pub const FIELD: &str = "csrf_token";
 
-fn session_error(e: tower_sessions::session::Error) -> AppError {
-    AppError::internal(anyhow::anyhow!("session: {e}"))
-}
-
 /// The session's CSRF token, created on first use.
 pub async fn token(session: &Session) -> AppResult<String> {
-    if let Some(token) = session.get::<String>(KEY).await.map_err(session_error)? {
+    if let Some(token) = session.get::<String>(KEY).await? {
         return Ok(token);
     }
     renew(session).await
@@ -33,7 +31,7 @@ pub async fn token(session: &Session) -> AppResult<String> {
 /// A fresh token (at sign-in, so a token seen before sign-in is worthless after it).
 pub async fn renew(session: &Session) -> AppResult<String> {
     let token = super::tokens::random_secret();
-    session.insert(KEY, &token).await.map_err(session_error)?;
+    session.insert(KEY, &token).await?;
     Ok(token)
 }
 
@@ -47,17 +45,72 @@ pub fn refused() -> AppError {
     )
 }
 
-/// Checks a submitted token against the session's.
-pub async fn verify(session: &Session, submitted: Option<&str>) -> AppResult<()> {
-    let expected = session.get::<String>(KEY).await.map_err(session_error)?;
-    match (expected, submitted) {
-        (Some(expected), Some(submitted))
-            if bool::from(expected.as_bytes().ct_eq(submitted.as_bytes())) =>
-        {
-            Ok(())
-        }
-        _ => Err(refused()),
+/// Checks a submitted token against the session's, or against the visitor's cookie token.
+pub async fn verify(
+    session: &Session,
+    anonymous: Option<&AnonymousToken>,
+    submitted: Option<&str>,
+) -> AppResult<()> {
+    let Some(submitted) = submitted else {
+        return Err(refused());
+    };
+    let matches = |expected: &str| bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()));
+    let in_session = session.get::<String>(KEY).await?;
+    if in_session.as_deref().is_some_and(matches) || anonymous.is_some_and(|a| matches(&a.0)) {
+        Ok(())
+    } else {
+        Err(refused())
     }
+}
+
+/// The CSRF token of a visitor who is not signed in, from its cookie (set by `anonymous_cookie`).
+#[derive(Clone, Debug)]
+pub struct AnonymousToken(pub String);
+
+const COOKIE: &str = "certdrop_csrf";
+
+/// Gives each browser a CSRF token in a cookie of its own (HttpOnly, SameSite=Strict, Secure
+/// behind https) and puts it in the request's extensions; API requests are left alone.
+pub async fn anonymous_cookie(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let existing = request
+        .headers()
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == COOKIE && value.len() == 43)
+        .map(|(_, value)| value.to_string());
+    let (token, fresh) = match existing {
+        Some(token) => (token, false),
+        None => (super::tokens::random_secret(), true),
+    };
+    request
+        .extensions_mut()
+        .insert(AnonymousToken(token.clone()));
+    let mut response = next.run(request).await;
+    if fresh {
+        let secure = if state.base_url.scheme() == "https" {
+            "; Secure"
+        } else {
+            ""
+        };
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        )) {
+            response
+                .headers_mut()
+                .append(axum::http::header::SET_COOKIE, value);
+        }
+    }
+    response
 }
 
 /// A URL-encoded form whose CSRF token has been checked; `T` need not declare the token field.
@@ -77,6 +130,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
+        let anonymous = parts.extensions.get::<AnonymousToken>().cloned();
         let session = Session::from_request_parts(&mut parts, state)
             .await
             .map_err(|_| AppError::internal(anyhow::anyhow!("session layer missing")))?;
@@ -84,7 +138,7 @@ where
             .await
             .map_err(|_| AppError::bad_request("bad_form", "The form could not be read."))?;
         let field: TokenField = serde_urlencoded::from_bytes(&bytes).map_err(|_| refused())?;
-        verify(&session, field.csrf_token.as_deref()).await?;
+        verify(&session, anonymous.as_ref(), field.csrf_token.as_deref()).await?;
         let value = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
             AppError::bad_request("bad_form", format!("The form is missing a field: {e}"))
         })?;

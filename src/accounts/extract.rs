@@ -11,6 +11,7 @@ use tower_sessions::Session;
 
 use super::{
     User,
+    csrf::AnonymousToken,
     second_factor::{self, ApiTokenId, Credential, SESSION_FACTOR_AT},
     store, tokens,
 };
@@ -22,15 +23,16 @@ use crate::{
 
 pub const USER_KEY: &str = "user_id";
 
-/// A browser request: its session and, when signed in, its user.
+/// A browser request: its session, when signed in its user, and its cookie CSRF token.
 pub struct Viewer {
     pub session: Session,
     pub user: Option<User>,
+    pub anonymous: Option<AnonymousToken>,
 }
 
 impl Viewer {
     pub async fn chrome(&self) -> Result<Chrome, AppError> {
-        Chrome::new(&self.session, self.user.as_ref()).await
+        Chrome::new(&self.session, self.user.as_ref(), self.anonymous.as_ref()).await
     }
 }
 
@@ -46,10 +48,7 @@ where
         let session = Session::from_request_parts(parts, &state)
             .await
             .map_err(|_| AppError::internal(anyhow::anyhow!("session layer missing")))?;
-        let user_id = session
-            .get::<i64>(USER_KEY)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+        let user_id = session.get::<i64>(USER_KEY).await?;
         let mut user = match user_id {
             Some(id) => store::find_user(&state.db, id).await?,
             None => None,
@@ -57,18 +56,19 @@ where
         // Staff and admins act only from a session that proved a second factor (one that
         // signed in as a customer and was promoted since must sign in again).
         if user.as_ref().is_some_and(|u| u.role.is_staff())
-            && session
-                .get::<i64>(SESSION_FACTOR_AT)
-                .await
-                .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?
-                .is_none()
+            && session.get::<i64>(SESSION_FACTOR_AT).await?.is_none()
         {
             user = None;
         }
         if user.is_some() {
             keep_alive(&session);
         }
-        Ok(Self { session, user })
+        let anonymous = parts.extensions.get::<AnonymousToken>().cloned();
+        Ok(Self {
+            session,
+            user,
+            anonymous,
+        })
     }
 }
 
@@ -92,7 +92,7 @@ pub struct SignedIn {
 
 impl SignedIn {
     pub async fn chrome(&self) -> Result<Chrome, AppError> {
-        Chrome::new(&self.session, Some(&self.user)).await
+        Chrome::new(&self.session, Some(&self.user), None).await
     }
 }
 

@@ -103,7 +103,10 @@ pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
 
 pub const MIN_PASSWORD_LEN: usize = 12;
 
-pub fn check_new_password(password: &str) -> Result<(), String> {
+/// A new password: at least 12 characters, at most 1024 bytes, and not easy to guess — zxcvbn
+/// (common passwords, words, names, dates, repeats, keyboard runs, and the account's own email)
+/// must estimate at least 10^10 guesses. The message says what to do instead.
+pub fn check_new_password(password: &str, email: &str) -> Result<(), String> {
     let len = password.chars().count();
     if len < MIN_PASSWORD_LEN {
         return Err(format!(
@@ -112,6 +115,19 @@ pub fn check_new_password(password: &str) -> Result<(), String> {
     }
     if password.len() > 1024 {
         return Err("Choose a password of at most 1024 bytes.".into());
+    }
+    // zxcvbn's matching grows quickly with length; 100 characters decide it (as its authors advise).
+    let head: String = password.chars().take(100).collect();
+    let estimate = zxcvbn::zxcvbn(&head, &[email, "certdrop"]);
+    if estimate.score() < zxcvbn::Score::Three {
+        let why = estimate
+            .feedback()
+            .and_then(|f| f.warning())
+            .map(|w| format!("{w} "))
+            .unwrap_or_default();
+        return Err(format!(
+            "This password is too easy to guess. {why}Use three or four uncommon words, or a password manager's."
+        ));
     }
     Ok(())
 }
@@ -131,8 +147,17 @@ mod tests {
     }
 
     #[test]
-    fn short_passwords_are_refused() {
-        assert!(check_new_password("short").is_err());
-        assert!(check_new_password("correct horse battery").is_ok());
+    fn short_and_guessable_passwords_are_refused() {
+        assert!(check_new_password("short", "ann@example.com").is_err());
+        assert!(check_new_password("correct horse battery", "ann@example.com").is_ok());
+        for weak in [
+            "aaaaaaaaaaaa",
+            "password1234",
+            "            ",
+            "ann@example.com1",
+        ] {
+            let err = check_new_password(weak, "ann@example.com").unwrap_err();
+            assert!(err.contains("too easy to guess"), "{weak}: {err}");
+        }
     }
 }

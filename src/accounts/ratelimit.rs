@@ -1,7 +1,18 @@
-//! Rate limits on password checks (browser login and API token creation), per client IP and
-//! per account, answering "try again in N seconds". Kept in memory, per instance.
+//! Rate limits on password and second-factor checks (browser sign-in and API tokens), kept in
+//! memory per instance. Two guards, neither of which lets a stranger lock an account:
+//! - per client IP, a budget of attempts (30 in a burst, then one every 2 s), against one
+//!   client trying many accounts;
+//! - per (account, client IP) pair, an exponential backoff after failures: after 5 wrong
+//!   answers, 1 s, then 2, 4, … up to 15 minutes between tries; a success clears it. Someone
+//!   guessing from elsewhere slows only themselves, never the account's owner.
 
-use std::{net::IpAddr, num::NonZeroU32, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
@@ -10,9 +21,18 @@ use governor::{
 
 use crate::error::{AppError, AppResult};
 
+/// Failures allowed before the backoff starts.
+const FREE_FAILURES: u32 = 5;
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+
+struct Failures {
+    count: u32,
+    not_before: Instant,
+}
+
 pub struct LoginLimiter {
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    by_account: DefaultKeyedRateLimiter<String>,
+    failures: Mutex<HashMap<(String, IpAddr), Failures>>,
 }
 
 impl Default for LoginLimiter {
@@ -21,40 +41,74 @@ impl Default for LoginLimiter {
     }
 }
 
+/// "Try again in N seconds", N rounded up (and at least 1).
+fn wait_error(wait: Duration) -> AppError {
+    AppError::rate_limited((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+}
+
 impl LoginLimiter {
-    /// An IP may try 30 times in a burst, then once every 2 s; an account 5 times, then once
-    /// every 12 s (5 a minute: slow enough to make guessing a 12-character password hopeless).
     pub fn new() -> Self {
         let per_ip = Quota::with_period(Duration::from_secs(2))
             .expect("non-zero period")
             .allow_burst(NonZeroU32::new(30).expect("non-zero"));
-        let per_account = Quota::with_period(Duration::from_secs(12))
-            .expect("non-zero period")
-            .allow_burst(NonZeroU32::new(5).expect("non-zero"));
         Self {
             by_ip: RateLimiter::keyed(per_ip),
-            by_account: RateLimiter::keyed(per_account),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one attempt from both budgets, or says how long to wait.
-    pub fn check(&self, ip: IpAddr, email: &str) -> AppResult<()> {
+    /// Takes one attempt from the client's budget, unless the pair is backing off: then says
+    /// how long to wait.
+    pub fn check(&self, ip: IpAddr, account: &str) -> AppResult<()> {
+        let now = Instant::now();
+        if let Some(f) = self
+            .failures
+            .lock()
+            .expect("limiter lock")
+            .get(&(account.to_string(), ip))
+            && f.not_before > now
+        {
+            return Err(wait_error(f.not_before - now));
+        }
         let clock = DefaultClock::default();
-        let wait = |not_until: governor::NotUntil<_>| {
-            let wait = not_until.wait_time_from(clock.now());
-            AppError::rate_limited(wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0))
-        };
-        self.by_ip.check_key(&ip).map_err(wait)?;
-        self.by_account
-            .check_key(&email.to_string())
-            .map_err(wait)?;
-        Ok(())
+        self.by_ip
+            .check_key(&ip)
+            .map_err(|not_until| wait_error(not_until.wait_time_from(clock.now())))
     }
 
-    /// Forgets keys whose budget is full again, so memory stays bounded.
+    /// A wrong password or code from this client for this account.
+    pub fn failed(&self, ip: IpAddr, account: &str) {
+        let mut failures = self.failures.lock().expect("limiter lock");
+        let entry = failures
+            .entry((account.to_string(), ip))
+            .or_insert(Failures {
+                count: 0,
+                not_before: Instant::now(),
+            });
+        entry.count += 1;
+        if entry.count >= FREE_FAILURES {
+            let doublings = (entry.count - FREE_FAILURES).min(20);
+            let backoff = Duration::from_secs(1u64 << doublings).min(MAX_BACKOFF);
+            entry.not_before = Instant::now() + backoff;
+        }
+    }
+
+    /// A right answer: the pair starts afresh.
+    pub fn succeeded(&self, ip: IpAddr, account: &str) {
+        self.failures
+            .lock()
+            .expect("limiter lock")
+            .remove(&(account.to_string(), ip));
+    }
+
+    /// Forgets what no longer limits anyone, so memory stays bounded.
     pub fn prune(&self) {
         self.by_ip.retain_recent();
-        self.by_account.retain_recent();
+        let stale = Instant::now() - MAX_BACKOFF;
+        self.failures
+            .lock()
+            .expect("limiter lock")
+            .retain(|_, f| f.not_before > stale);
     }
 }
 
@@ -63,15 +117,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sixth_quick_attempt_on_one_account_waits() {
+    fn failures_back_off_per_account_and_client_never_per_account_alone() {
         let limiter = LoginLimiter::new();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let attacker: IpAddr = "192.0.2.1".parse().unwrap();
+        let owner: IpAddr = "198.51.100.7".parse().unwrap();
         for _ in 0..5 {
-            limiter.check(ip, "ann@example.com").unwrap();
+            limiter.check(attacker, "ann@example.com").unwrap();
+            limiter.failed(attacker, "ann@example.com");
         }
-        let err = limiter.check(ip, "ann@example.com").unwrap_err();
+        let err = limiter.check(attacker, "ann@example.com").unwrap_err();
         assert_eq!(err.first_code(), "rate_limited");
-        assert!(err.message().contains("Try again in"));
-        limiter.check(ip, "bob@example.com").unwrap();
+        assert_eq!(err.retry_after, Some(1));
+        limiter.failed(attacker, "ann@example.com");
+        assert_eq!(
+            limiter
+                .check(attacker, "ann@example.com")
+                .unwrap_err()
+                .retry_after,
+            Some(2),
+            "doubling"
+        );
+        // The owner, elsewhere, is not locked out; nor is another account from the attacker.
+        limiter.check(owner, "ann@example.com").unwrap();
+        limiter.check(attacker, "bob@example.com").unwrap();
+        limiter.succeeded(attacker, "ann@example.com");
+        limiter.check(attacker, "ann@example.com").unwrap();
     }
 }

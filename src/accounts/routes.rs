@@ -74,6 +74,7 @@ async fn authenticate(
     let ok = password::verify(hash, password).await?;
     match (ok, user) {
         (true, Some(user)) => {
+            state.login_limiter.succeeded(ip_addr, &email);
             audit::record(
                 &state.db,
                 Entry::new(Some(&user), "user.login", "user", user.id).ip(ip.0),
@@ -82,6 +83,7 @@ async fn authenticate(
             Ok(user)
         }
         _ => {
+            state.login_limiter.failed(ip_addr, &email);
             audit::record(
                 &state.db,
                 Entry::new(None, "user.login", "user", &email)
@@ -94,10 +96,6 @@ async fn authenticate(
     }
 }
 
-fn session_error(e: tower_sessions::session::Error) -> AppError {
-    AppError::internal(anyhow::anyhow!("session: {e}"))
-}
-
 /// Starts a signed-in session under a new id (no fixation) with a new CSRF token; with the
 /// time of the second factor that completed the sign-in, when there was one.
 pub(super) async fn start_session(
@@ -105,20 +103,11 @@ pub(super) async fn start_session(
     user: &User,
     second_factor_at: Option<i64>,
 ) -> AppResult<()> {
-    session.cycle_id().await.map_err(session_error)?;
-    session
-        .remove::<PendingSignIn>(PENDING_KEY)
-        .await
-        .map_err(session_error)?;
-    session
-        .insert(USER_KEY, user.id)
-        .await
-        .map_err(session_error)?;
+    session.cycle_id().await?;
+    session.remove::<PendingSignIn>(PENDING_KEY).await?;
+    session.insert(USER_KEY, user.id).await?;
     if let Some(at) = second_factor_at {
-        session
-            .insert(SESSION_FACTOR_AT, at)
-            .await
-            .map_err(session_error)?;
+        session.insert(SESSION_FACTOR_AT, at).await?;
     }
     csrf::renew(session).await?;
     Ok(())
@@ -150,16 +139,10 @@ async fn after_password(
         start_session(session, user, None).await?;
         return Ok(see_other(next));
     }
-    session.cycle_id().await.map_err(session_error)?;
+    session.cycle_id().await?;
     // Half signed in is signed in as nobody: whoever this session was before is forgotten.
-    session
-        .remove::<i64>(USER_KEY)
-        .await
-        .map_err(session_error)?;
-    session
-        .remove::<i64>(SESSION_FACTOR_AT)
-        .await
-        .map_err(session_error)?;
+    session.remove::<i64>(USER_KEY).await?;
+    session.remove::<i64>(SESSION_FACTOR_AT).await?;
     session
         .insert(
             PENDING_KEY,
@@ -168,8 +151,7 @@ async fn after_password(
                 at: crate::db::now(),
             },
         )
-        .await
-        .map_err(session_error)?;
+        .await?;
     let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
     Ok(see_other(&format!("/login/second-factor?next={next}")))
 }
@@ -224,8 +206,8 @@ async fn login(
             .await
         }
         Err(err) if err.status.is_client_error() => {
-            let status = err.status;
-            render_status(
+            let (status, retry_after) = (err.status, err.retry_after);
+            let page = render_status(
                 status,
                 &LoginPage {
                     chrome: viewer.chrome().await?,
@@ -233,19 +215,15 @@ async fn login(
                     next: web::safe_next(form.next.as_deref()).to_string(),
                     errors: err.into(),
                 },
-            )
-            .map_err(Into::into)
+            )?;
+            Ok(web::with_retry_after(page, retry_after))
         }
         Err(err) => Err(err.into()),
     }
 }
 
 async fn logout(viewer: Viewer, CsrfForm(_): CsrfForm<csrf::NoFields>) -> PageResult {
-    viewer
-        .session
-        .flush()
-        .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+    viewer.session.flush().await?;
     Ok(see_other("/login"))
 }
 
@@ -285,7 +263,7 @@ async fn signup(
     let email = normalize_email(&form.email)
         .map_err(|m| errors.push(ErrorItem::new("invalid_email", m).on("email")))
         .ok();
-    if let Err(m) = super::check_new_password(form.password.expose_secret()) {
+    if let Err(m) = super::check_new_password(form.password.expose_secret(), &form.email) {
         errors.push(ErrorItem::new("weak_password", m).on("password"));
     } else if form.password.expose_secret() != form.password_confirm.expose_secret() {
         errors.push(
@@ -422,11 +400,7 @@ async fn create_token_page(
 ) -> PageResult {
     let (new_token, errors, status) = match token_name(&form.name) {
         Ok(name) => {
-            let factor_at = me
-                .session
-                .get::<i64>(SESSION_FACTOR_AT)
-                .await
-                .map_err(session_error)?;
+            let factor_at = me.session.get::<i64>(SESSION_FACTOR_AT).await?;
             let (token, _) = issue_token(&state, &me.user, &name, ip, factor_at).await?;
             (
                 Some(token.secret.expose_secret().to_string()),

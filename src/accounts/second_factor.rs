@@ -129,6 +129,8 @@ pub async fn confirm_enrolment(
     })?;
     let now = db::now();
     let Some(step) = secret.matching_step(code, now) else {
+        let (ip, key) = limit_key(ip, user);
+        state.login_limiter.failed(ip, &key);
         return Err(otp_invalid());
     };
     let sealed = seal_secret(&state.vault, &secret)?;
@@ -197,11 +199,17 @@ pub async fn enrol_now(
     Ok((secret, codes))
 }
 
+/// The rate-limit key of a user's second factor (apart from their password's).
+fn limit_key(ip: ClientIp, user: &User) -> (std::net::IpAddr, String) {
+    (
+        ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        format!("second-factor:{}", user.email),
+    )
+}
+
 fn limit(state: &AppState, ip: ClientIp, user: &User) -> AppResult<()> {
-    let ip = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-    state
-        .login_limiter
-        .check(ip, &format!("second-factor:{}", user.email))
+    let (ip, key) = limit_key(ip, user);
+    state.login_limiter.check(ip, &key)
 }
 
 /// Which kind of second factor was accepted.
@@ -277,8 +285,10 @@ pub async fn verify(
             None
         }
     };
+    let (limit_ip, limit_key) = limit_key(ip, user);
     match accepted {
         Some(how) => {
+            state.login_limiter.succeeded(limit_ip, &limit_key);
             if let Accepted::RecoveryCode { remaining } = how {
                 audit::record(
                     &state.db,
@@ -291,6 +301,7 @@ pub async fn verify(
             Ok(how)
         }
         None => {
+            state.login_limiter.failed(limit_ip, &limit_key);
             audit::record(
                 &state.db,
                 Entry::new(Some(user), "user.second_factor", "user", user.id)
@@ -314,10 +325,7 @@ pub async fn require_fresh(
 ) -> AppResult<()> {
     let now = db::now();
     let last: Option<i64> = match credential {
-        Credential::Session(session) => session
-            .get::<i64>(SESSION_FACTOR_AT)
-            .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?,
+        Credential::Session(session) => session.get::<i64>(SESSION_FACTOR_AT).await?,
         Credential::Token(id) => {
             sqlx::query_scalar("SELECT second_factor_at FROM api_tokens WHERE id = $1")
                 .bind(id)
@@ -344,7 +352,7 @@ pub async fn mark_fresh(state: &AppState, credential: &Credential, at: i64) -> A
         Credential::Session(session) => session
             .insert(SESSION_FACTOR_AT, at)
             .await
-            .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}"))),
+            .map_err(AppError::from),
         Credential::Token(id) => {
             sqlx::query("UPDATE api_tokens SET second_factor_at = $1 WHERE id = $2")
                 .bind(at)

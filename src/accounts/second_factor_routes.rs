@@ -83,10 +83,7 @@ struct RecoveryCodesPage {
 
 /// The user whose password was right a moment ago, if the sign-in has not timed out.
 async fn pending_user(state: &AppState, session: &Session) -> AppResult<Option<User>> {
-    let pending = session
-        .get::<PendingSignIn>(PENDING_KEY)
-        .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("session: {e}")))?;
+    let pending = session.get::<PendingSignIn>(PENDING_KEY).await?;
     match pending {
         Some(p) if db::now() - p.at <= PENDING_SECONDS => {
             store::find_user(&state.db, p.user_id).await
@@ -190,7 +187,7 @@ async fn second_factor_submit(
             start_session(&viewer.session, &user, Some(db::now())).await?;
             if !codes.is_empty() {
                 // Enrolled just now: the recovery codes are shown this once.
-                let chrome = Chrome::new(&viewer.session, Some(&user)).await?;
+                let chrome = Chrome::new(&viewer.session, Some(&user), None).await?;
                 return show_codes(chrome, codes, &next);
             }
             if let Accepted::RecoveryCode { remaining } = how {

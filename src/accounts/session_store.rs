@@ -1,5 +1,7 @@
 //! Browser sessions kept in the database, so several certdrop instances share them and a
-//! logout is final. The record is stored as JSON; only its id travels in the cookie.
+//! logout is final. The record is stored as JSON under the SHA-256 of its id: only the id
+//! travels in the cookie, and a copy of the database signs nobody in. tower-sessions stores a
+//! session only once it holds something (pages for visitors keep their CSRF token in a cookie).
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -17,8 +19,18 @@ pub struct DbSessionStore {
     db: Db,
 }
 
+/// What a session is stored under: never its id itself.
+fn key(id: &Id) -> String {
+    crate::accounts::tokens::hash(&id.to_string())
+}
+
 fn backend(err: sqlx::Error) -> Error {
-    Error::Backend(err.to_string())
+    let mark = match db::trouble(&err) {
+        Some(db::Trouble::Unavailable) => crate::error::UNAVAILABLE_MARK,
+        Some(db::Trouble::Full) => crate::error::FULL_MARK,
+        None => "",
+    };
+    Error::Backend(format!("{mark}{err}"))
 }
 
 impl DbSessionStore {
@@ -46,7 +58,7 @@ impl SessionStore for DbSessionStore {
                 "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (id) DO NOTHING",
             )
-            .bind(record.id.to_string())
+            .bind(key(&record.id))
             .bind(&data)
             .bind(record.expiry_date.unix_timestamp())
             .execute(&self.db)
@@ -65,7 +77,7 @@ impl SessionStore for DbSessionStore {
             "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
         )
-        .bind(record.id.to_string())
+        .bind(key(&record.id))
         .bind(data)
         .bind(record.expiry_date.unix_timestamp())
         .execute(&self.db)
@@ -77,7 +89,7 @@ impl SessionStore for DbSessionStore {
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let row =
             sqlx::query("SELECT data, expires_at FROM sessions WHERE id = $1 AND expires_at > $2")
-                .bind(id.to_string())
+                .bind(key(id))
                 .bind(db::now())
                 .fetch_optional(&self.db)
                 .await
@@ -95,7 +107,7 @@ impl SessionStore for DbSessionStore {
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id.to_string())
+            .bind(key(id))
             .execute(&self.db)
             .await
             .map_err(backend)?;

@@ -351,7 +351,7 @@ async fn upload_form(
     let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
     let result = match read_upload(multipart).await {
         Ok(form) => {
-            csrf::verify(&me.session, form.csrf_token.as_deref()).await?;
+            csrf::verify(&me.session, None, form.csrf_token.as_deref()).await?;
             upload(&state, &me.user, ip, &app, form).await
         }
         Err(err) => Err(err),

@@ -32,12 +32,12 @@ db_test! {
         assert_eq!(resp.location(), "/login");
 
         let before = browser.csrf("/login").await;
-        let cookie_before = browser.session_cookie().unwrap();
+        let cookie_before = browser.session_cookie();
         let resp = browser
             .post_form("/login", &[("csrf_token", &before), ("email", "ann@example.com"), ("password", "correct horse battery")])
             .await;
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
-        assert_ne!(browser.session_cookie().unwrap(), cookie_before, "the session id is renewed at login");
+        assert_ne!(browser.session_cookie(), cookie_before, "the session id is renewed at login");
         assert_ne!(browser.csrf("/apps").await, before, "the CSRF token is renewed at login");
         assert_eq!(
             app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'user.login' AND outcome = 'ok' AND source_ip = '127.0.0.1'").await,
@@ -47,13 +47,35 @@ db_test! {
 }
 
 db_test! {
-    async fn the_session_cookie_is_http_only_and_same_site_strict(app) {
+    async fn cookies_are_http_only_and_same_site_strict_and_visitors_store_no_session(app) {
+        // A visitor's pages store nothing: their CSRF token lives in a cookie of its own.
+        for _ in 0..20 {
+            app.browser().get("/login").await;
+            app.browser().get("/signup").await;
+        }
+        assert_eq!(app.count("SELECT COUNT(*) FROM sessions").await, 0, "no session row per anonymous GET");
         let resp = app.browser().get("/login").await;
         let cookie = resp.headers.get("set-cookie").unwrap().to_str().unwrap().to_string();
-        assert!(cookie.starts_with("certdrop_session="));
-        assert!(cookie.contains("HttpOnly"));
-        assert!(cookie.contains("SameSite=Strict"));
+        assert!(cookie.starts_with("certdrop_csrf="), "{cookie}");
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
         assert!(!cookie.contains("Secure"), "plain http base URL: no Secure flag");
+        // Signing in stores the session, under a hash of its id.
+        let pw = app.user("ann@example.com", Role::Customer).await;
+        let browser = app.browser();
+        let token = browser.csrf("/login").await;
+        let resp = browser
+            .post_form("/login", &[("csrf_token", &token), ("email", "ann@example.com"), ("password", &pw)])
+            .await;
+        let cookies: Vec<String> = resp.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        let session = cookies.iter().find(|c| c.starts_with("certdrop_session=")).expect("a session cookie");
+        assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"));
+        let id = browser.session_cookie().unwrap();
+        assert_eq!(app.count("SELECT COUNT(*) FROM sessions").await, 1);
+        assert_eq!(app.count(&format!("SELECT COUNT(*) FROM sessions WHERE id = '{id}'")).await, 0, "ids are stored hashed");
+        // A form posted without the visitor's cookie token (another site's form) is refused.
+        let stranger = app.browser();
+        let resp = stranger.post_form("/login", &[("csrf_token", &token), ("email", "ann@example.com"), ("password", &pw)]).await;
+        assert_eq!(resp.status, StatusCode::FORBIDDEN);
     }
 }
 

@@ -407,10 +407,19 @@ impl Resp {
 pub struct Api {
     pub base: String,
     pub token: Option<String>,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl Api {
+    /// An anonymous client of the server at `base`.
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_string(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let req = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
