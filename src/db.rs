@@ -81,6 +81,19 @@ pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This installation's id: random, made once, shared by every instance on the database.
+pub async fn installation_id(db: &Db) -> anyhow::Result<String> {
+    sqlx::query("INSERT INTO settings (name, value) VALUES ('installation_id', $1) ON CONFLICT (name) DO NOTHING")
+        .bind(uuid::Uuid::new_v4().simple().to_string())
+        .execute(db)
+        .await?;
+    Ok(
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = 'installation_id'")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
 /// The current time in unix seconds, the one timestamp format stored.
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -159,7 +172,13 @@ impl Page {
                 )
             })?,
         };
-        let limit = limit.unwrap_or(50).clamp(1, Self::MAX);
+        let limit = limit.unwrap_or(50);
+        if !(1..=Self::MAX).contains(&limit) {
+            return Err(crate::error::AppError::bad_request(
+                "invalid_limit",
+                format!("limit is a number of items from 1 to {}.", Self::MAX),
+            ));
+        }
         Ok(Self { after, limit })
     }
 

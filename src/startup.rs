@@ -207,6 +207,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::origin_check,
         ))
+        .layer(middleware::from_fn(web::api_error_shape))
         .layer(middleware::from_fn(web::security_headers))
         .layer(middleware::from_fn_with_state(
             state.clone(),

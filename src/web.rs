@@ -184,6 +184,52 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
+/// Every API answer that is an error has the `{"errors":[{"code","message"}]}` shape, even
+/// when axum itself refused the request (unreadable JSON, wrong content type, bad path or
+/// query): their plain-text reason becomes the message.
+pub async fn api_error_shape(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !api || is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        _ if status.is_server_error() => "internal",
+        _ => "refused",
+    };
+    let message = if text.is_empty() || status.is_server_error() {
+        status.canonical_reason().unwrap_or("Error").to_string()
+    } else {
+        text
+    };
+    let mut fixed = (
+        status,
+        axum::Json(serde_json::json!({"errors": [{"code": code, "message": message}]})),
+    )
+        .into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW] {
+        if let Some(v) = parts.headers.get(&name) {
+            fixed.headers_mut().insert(name, v.clone());
+        }
+    }
+    fixed
+}
+
 /// Refuses a state-changing request that a browser says came from another origin.
 /// Non-browser clients (the CLI, curl) send no Origin; they authenticate with a bearer token.
 pub async fn origin_check(

@@ -1,6 +1,9 @@
 //! Sends the outbox: SMTP when `CERTDROP_SMTP_URL` is set, `.eml` files in `$DATA_DIR/outbox`
 //! otherwise. A message is claimed with a lease (so two instances never send it together),
-//! sent, then marked sent; a failure is retried with exponential backoff.
+//! sent, and marked sent the moment the SMTP server accepts it; a failure is retried with
+//! exponential backoff. A process killed between the server's acceptance and that mark (a
+//! window of one database write) sends the message again after the lease, with the same
+//! Message-ID — made of the outbox key and this installation's id — so receivers can drop it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,8 +65,24 @@ fn backoff(attempts: i64) -> i64 {
 
 /// Sends due messages until the server stops; `wake` makes it look at once.
 pub async fn run(db: Db, transport: Transport, from: Mailbox, wake: Arc<Notify>) {
+    let installation = loop {
+        match db::installation_id(&db).await {
+            Ok(id) => break id,
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "mail: cannot read the installation id"
+                );
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let ids = MessageIds {
+        installation,
+        domain: from.email.domain().to_string(),
+    };
     loop {
-        if let Err(err) = deliver_due(&db, &transport, &from).await {
+        if let Err(err) = deliver_due(&db, &transport, &from, &ids).await {
             tracing::warn!(error = format!("{err:#}"), "mail: delivery pass failed");
         }
         tokio::select! {
@@ -73,7 +92,32 @@ pub async fn run(db: Db, transport: Transport, from: Mailbox, wake: Arc<Notify>)
     }
 }
 
-async fn deliver_due(db: &Db, transport: &Transport, from: &Mailbox) -> anyhow::Result<()> {
+/// Message-IDs unique to this installation and stable across retries of one message.
+pub struct MessageIds {
+    installation: String,
+    domain: String,
+}
+
+impl MessageIds {
+    pub fn new(installation: &str, domain: &str) -> Self {
+        Self {
+            installation: installation.to_string(),
+            domain: domain.to_string(),
+        }
+    }
+
+    pub fn for_key(&self, key: &str) -> String {
+        let digest = crate::accounts::tokens::hash(&format!("{}:{key}", self.installation));
+        format!("<{}.{}@{}>", &digest[..32], self.installation, self.domain)
+    }
+}
+
+async fn deliver_due(
+    db: &Db,
+    transport: &Transport,
+    from: &Mailbox,
+    ids: &MessageIds,
+) -> anyhow::Result<()> {
     let now = db::now();
     let due = sqlx::query(
         "SELECT id, idempotency_key, to_address, subject, text_body, html_body, attempts, state, next_attempt_at \
@@ -107,10 +151,7 @@ async fn deliver_due(db: &Db, transport: &Transport, from: &Mailbox) -> anyhow::
                 .to(to.parse().with_context(|| format!("recipient {to}"))?)
                 .subject(row.try_get::<String, _>("subject")?)
                 // The same id on every attempt, so a receiver can drop a duplicate.
-                .message_id(Some(format!(
-                    "<{}@certdrop>",
-                    crate::accounts::tokens::hash(&key)
-                )))
+                .message_id(Some(ids.for_key(&key)))
                 .multipart(MultiPart::alternative_plain_html(
                     row.try_get::<String, _>("text_body")?,
                     row.try_get::<String, _>("html_body")?,
@@ -147,4 +188,28 @@ async fn deliver_due(db: &Db, transport: &Transport, from: &Mailbox) -> anyhow::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_stable_per_message_and_unique_per_installation() {
+        let ours = MessageIds::new("a1b2", "example.com");
+        let theirs = MessageIds::new("c3d4", "example.com");
+        assert_eq!(
+            ours.for_key("ticket:1:approved"),
+            ours.for_key("ticket:1:approved")
+        );
+        assert_ne!(
+            ours.for_key("ticket:1:approved"),
+            ours.for_key("ticket:2:approved")
+        );
+        assert_ne!(
+            ours.for_key("ticket:1:approved"),
+            theirs.for_key("ticket:1:approved")
+        );
+        assert!(ours.for_key("k").ends_with(".a1b2@example.com>"));
+    }
 }

@@ -42,3 +42,47 @@ db_test! {
         assert!(resp.json["paths"]["/api/v1/apps"].is_object());
     }
 }
+
+/// schemathesis (PyPI) against the served OpenAPI document with a customer's token: a bounded
+/// run, zero server errors and zero answers the document does not describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_as_its_openapi_document_says_under_schemathesis() {
+    let available = std::process::Command::new("st")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !crate::common::require_or_skip("schemathesis (pip install schemathesis)", available) {
+        return;
+    }
+    let app = crate::common::TestApp::spawn(crate::common::Backend::Sqlite)
+        .await
+        .unwrap();
+    let ann = app
+        .api_user("ann@example.com", certdrop::accounts::Role::Customer)
+        .await;
+    ann.create_app("shop", &["www.example.com"]).await;
+    let token = ann.token.clone().unwrap();
+    let out = tokio::process::Command::new("st")
+        .args(["run", &app.url("/api/v1/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "50"])
+        // Revoking the test's own token would end the run early; it is tested elsewhere.
+        .args(["--exclude-path", "/api/v1/tokens/{id}"])
+        .args(["--seed", "20261125"])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+}

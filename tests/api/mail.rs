@@ -245,3 +245,58 @@ async fn expiry_reminders_go_out_once_per_threshold() {
             .contains(&format!("{}/apps/shop", app.address))
     );
 }
+
+/// A process that died holding a message (claimed, its lease run out) leaves it to the next
+/// pass, which sends it once, under the Message-ID every attempt uses: this installation's.
+async fn a_message_left_mid_send_is_sent_once_with_its_installation_message_id(backend: Backend) {
+    let smtp = SmtpServer::start(0).await;
+    let Some(app) = app_with_smtp(backend, smtp.url()).await else {
+        return;
+    };
+    let mut tx = app.db.begin().await.unwrap();
+    let mail = certdrop::mail::Mail {
+        to: "ann@example.com".into(),
+        subject: "Left mid-send".into(),
+        paragraphs: vec!["Hello.".into()],
+        link: None,
+    };
+    certdrop::mail::enqueue(&mut tx, "test:left-mid-send", &mail)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // As a killed instance leaves it: claimed ("sending"), its lease already over.
+    sqlx::query("UPDATE mail_outbox SET state = 'sending', next_attempt_at = $1")
+        .bind(certdrop::db::now() - 1)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let got = smtp.wait_for("Left mid-send").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(smtp.messages().len(), 1, "sent once");
+    let installation = certdrop::db::installation_id(&app.db).await.unwrap();
+    let id_line = got
+        .data
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        id_line.contains(&format!(".{installation}@localhost>")),
+        "{id_line}"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM mail_outbox WHERE state = 'sent'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_mid_send_is_sent_once_on_sqlite() {
+    a_message_left_mid_send_is_sent_once_with_its_installation_message_id(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_mid_send_is_sent_once_on_postgres() {
+    a_message_left_mid_send_is_sent_once_with_its_installation_message_id(Backend::Postgres).await;
+}
