@@ -23,6 +23,8 @@ pub mod db;
 pub mod edge;
 /// `AppError`: what users see versus what is logged.
 pub mod error;
+/// Entry points for the fuzzers and the replay of their corpus.
+pub mod fuzz_entry;
 /// The durable mail outbox, its sender and the expiry reminders.
 pub mod mail;
 /// Router assembly, serving, workers and shutdown.
