@@ -86,3 +86,35 @@ async fn the_api_answers_as_its_openapi_document_says_under_schemathesis() {
     );
     assert!(report.contains("passed"), "{report}");
 }
+
+crate::db_test! {
+    async fn every_api_refusal_has_the_errors_shape_and_limits_are_enforced(app) {
+        let ann = app.api_user("ann@example.com", certdrop::accounts::Role::Customer).await;
+        let resp = ann.get("/api/v1/apps?limit=201").await;
+        assert_eq!(resp.status, reqwest::StatusCode::BAD_REQUEST);
+        assert_eq!(resp.code(), "invalid_limit");
+        let raw = reqwest::Client::new()
+            .post(app.url("/api/v1/apps"))
+            .bearer_auth(ann.token.as_deref().unwrap())
+            .header("content-type", "text/plain")
+            .body("name=shop")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body: serde_json::Value = raw.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "unsupported_media_type");
+        let broken = reqwest::Client::new()
+            .post(app.url("/api/v1/apps"))
+            .bearer_auth(ann.token.as_deref().unwrap())
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(broken.status(), reqwest::StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = broken.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "bad_request");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains("JSON"));
+    }
+}
