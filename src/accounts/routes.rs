@@ -132,10 +132,7 @@ async fn after_password(
     user: &User,
     next: &str,
 ) -> PageResult {
-    let enrolled = second_factor::enabled_at(&state.db, user.id)
-        .await?
-        .is_some();
-    if !enrolled && !user.role.is_staff() {
+    if second_factor::needed(&state.db, user).await? == second_factor::Need::Nothing {
         start_session(session, user, None).await?;
         return Ok(see_other(next));
     }
@@ -465,24 +462,23 @@ async fn token_second_factor(
     ip: ClientIp,
     otp: Option<&str>,
 ) -> AppResult<Option<i64>> {
-    let enrolled = second_factor::enabled_at(&state.db, user.id)
-        .await?
-        .is_some();
-    if !enrolled && !user.role.is_staff() {
-        return Ok(None);
-    }
-    if !enrolled {
-        return Err(second_factor::otp_required(
+    match second_factor::needed(&state.db, user).await? {
+        second_factor::Need::Nothing => Ok(None),
+        second_factor::Need::Enrolment => Err(second_factor::otp_required(
             "Staff and admin accounts need a second factor: sign in once in the browser to set up your authenticator, then create tokens with its code.",
-        ));
+        )),
+        second_factor::Need::Code => {
+            second_factor::verify_given(
+                state,
+                user,
+                ip,
+                otp,
+                "This account signs in with a second factor: send the current code from your authenticator app as \"otp\".",
+            )
+            .await?;
+            Ok(Some(crate::db::now()))
+        }
     }
-    let Some(code) = otp.map(str::trim).filter(|c| !c.is_empty()) else {
-        return Err(second_factor::otp_required(
-            "This account signs in with a second factor: send the current code from your authenticator app as \"otp\".",
-        ));
-    };
-    second_factor::verify(state, user, ip, code).await?;
-    Ok(Some(crate::db::now()))
 }
 
 async fn create_token_api(

@@ -57,6 +57,42 @@ fn otp_invalid() -> AppError {
     )
 }
 
+/// What signing in as a user takes besides the password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A customer who has not turned a second factor on.
+    Nothing,
+    /// Staff or an admin without an authenticator yet: they must enrol one first.
+    Enrolment,
+    /// A code from the user's authenticator (or a recovery code).
+    Code,
+}
+
+/// Staff and admins always sign in with a second factor; customers when they turned one on.
+pub async fn needed(db: &Db, user: &User) -> AppResult<Need> {
+    Ok(
+        match (enabled_at(db, user.id).await?, user.role.is_staff()) {
+            (Some(_), _) => Need::Code,
+            (None, true) => Need::Enrolment,
+            (None, false) => Need::Nothing,
+        },
+    )
+}
+
+/// Verifies `otp` when one was given; otherwise answers `otp_required` saying `missing`.
+pub async fn verify_given(
+    state: &AppState,
+    user: &User,
+    ip: ClientIp,
+    otp: Option<&str>,
+    missing: &str,
+) -> AppResult<Accepted> {
+    match otp.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(code) => verify(state, user, ip, code).await,
+        None => Err(otp_required(missing)),
+    }
+}
+
 /// When the user's TOTP was confirmed, if it was.
 pub async fn enabled_at(db: &Db, user_id: i64) -> AppResult<Option<i64>> {
     Ok(
@@ -337,12 +373,14 @@ pub async fn require_fresh(
     if last.is_some_and(|at| now - at <= FRESH_SECONDS) {
         return Ok(());
     }
-    let Some(code) = otp.map(str::trim).filter(|c| !c.is_empty()) else {
-        return Err(otp_required(
-            "This action needs a second factor from the last 10 minutes: enter the current code from your authenticator app.",
-        ));
-    };
-    verify(state, user, ip, code).await?;
+    verify_given(
+        state,
+        user,
+        ip,
+        otp,
+        "This action needs a second factor from the last 10 minutes: enter the current code from your authenticator app.",
+    )
+    .await?;
     mark_fresh(state, credential, now).await
 }
 

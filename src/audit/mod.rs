@@ -58,6 +58,12 @@ impl<'a> Entry<'a> {
         self
     }
 
+    /// A refused attempt, with the code it was refused with (the attempt stays on the trail).
+    pub fn refused(self, err: &crate::error::AppError) -> Self {
+        self.outcome("refused")
+            .detail(serde_json::json!({"code": err.first_code()}))
+    }
+
     pub fn detail(mut self, detail: Value) -> Self {
         self.detail = detail;
         self

@@ -50,8 +50,7 @@ async fn refused<T>(
         audit::record(
             db,
             Entry::new(Some(actor), action, "edge_node", node)
-                .outcome("refused")
-                .detail(json!({"code": err.first_code()}))
+                .refused(err)
                 .ip(ip.0),
         )
         .await?;
@@ -419,10 +418,7 @@ pub async fn sealed_to(
                         .unwrap_or_default(),
                 ),
                 pair,
-                confirmed_by: match via.as_deref() {
-                    Some("fleet_key") => Some("the fleet key".into()),
-                    _ => r.try_get("confirmed_by")?,
-                },
+                confirmed_by: store::confirmer(via.as_deref(), r.try_get("confirmed_by")?),
                 confirmed_at: r.try_get("confirmed_at")?,
             });
     }

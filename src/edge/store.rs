@@ -41,10 +41,18 @@ impl Node {
 
     /// Who vouched for the node, as the pages and the API say it.
     pub fn confirmed_by_label(&self) -> Option<String> {
-        match self.confirmed_via.as_deref() {
-            Some("fleet_key") => Some("the fleet key".into()),
-            _ => self.confirmed_by_email.clone(),
-        }
+        confirmer(
+            self.confirmed_via.as_deref(),
+            self.confirmed_by_email.clone(),
+        )
+    }
+}
+
+/// Who confirmed a node: the fleet key, or the admin's email.
+pub fn confirmer(via: Option<&str>, admin_email: Option<String>) -> Option<String> {
+    match via {
+        Some("fleet_key") => Some("the fleet key".into()),
+        _ => admin_email,
     }
 }
 

@@ -189,8 +189,7 @@ pub async fn approve(
             &state.db,
             Entry::new(Some(staff), "ticket.approved", "ticket", id)
                 .app(&ticket.app)
-                .outcome("refused")
-                .detail(json!({"code": err.first_code()}))
+                .refused(err)
                 .ip(ip.0),
         )
         .await?;
