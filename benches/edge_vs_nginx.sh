@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # The edge node against nginx, side by side in one run: same certificate (ECDSA P-256, then
-# RSA-2048), same backend, same machine. Prints requests/second for keep-alive HTTPS and for
-# new TLS connections (wrk with `Connection: close`), and the ratio edge/nginx.
+# RSA-2048), same backend, same machine. Two nginx configurations: stock (Debian's defaults,
+# `ssl_protocols TLSv1.2 TLSv1.3;` and nothing else, so session tickets are on) and with
+# resumption off. For keep-alive HTTPS and for new TLS connections (wrk with
+# `Connection: close`, which resumes sessions as browsers do) it prints requests/second, p50
+# and p99 latency, both ratios edge/nginx, and the edge node's resident memory.
 #
 #   bash benches/edge_vs_nginx.sh            # needs nginx, wrk, openssl, curl, python3
-#   DURATION=10 CONNECTIONS=64 bash benches/edge_vs_nginx.sh
+#   CORES=2 DURATION=10 CONNECTIONS=64 bash benches/edge_vs_nginx.sh
+#   SERVER_CPUS=0-3 WRK_CPUS=4-11 bash benches/edge_vs_nginx.sh   # pin servers and load apart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-8}"
 CONNECTIONS="${CONNECTIONS:-50}"
 THREADS="${THREADS:-2}"
+# Worker count of both servers: the CPUs they are pinned to, else all of them.
+SERVER_CPUS="${SERVER_CPUS:-}"; WRK_CPUS="${WRK_CPUS:-}"
+pin() { local cpus=$1; shift; if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi; }
+CORES="${CORES:-$(pin "$SERVER_CPUS" nproc)}"
 for tool in nginx wrk openssl curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk openssl curl python3)" >&2; exit 1; }
 done
@@ -61,8 +69,9 @@ for port in $EDGE_TLS $EDGE_TLS2; do
   t=$(echo "$PAIR" | json "[\"enroll_tokens\"][$i]"); i=$((i+1))
   recipient=$("$BIN" edge:identity --data-dir "$WORK/edge-$port" | sed -n 's/^recipient //p')
   "$BIN" fleet:attest "$recipient" --key "$WORK/fleet.key" > "$WORK/edge-$port.attestation"
-  RUST_LOG=warn "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" \
+  RUST_LOG=warn pin "$SERVER_CPUS" "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" \
     --data-dir "$WORK/edge-$port" --attestation "$WORK/edge-$port.attestation" > "$WORK/edge-$port.log" 2>&1 & PIDS+=($!)
+  [ "$port" = "$EDGE_TLS" ] && EDGE_PID=$!
 done
 api "$ANN" "http://127.0.0.1:$CP/api/v1/apps" -d "{\"name\":\"bench\",\"backend_url\":\"http://127.0.0.1:$BACKEND\"}" >/dev/null
 api "$ANN" "http://127.0.0.1:$CP/api/v1/apps/bench/domains" -d '{"hostname":"bench.example.com"}' >/dev/null
@@ -78,10 +87,59 @@ wait_deployed() {
   echo "ticket $1 did not deploy" >&2; exit 1
 }
 
-bench() { # url extra-args... → requests/second
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "$@" 2>/dev/null | awk '/Requests\/sec/ {print int($2)}'
+bench() { # url extra-args... → "requests/s p50 p99" (latencies in ms)
+  pin "$WRK_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" 2>/dev/null | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(label):
+    m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+print(int(float(rps.group(1))) if rps else 0, f"{ms(\"50\"):.2f}", f"{ms(\"99\"):.2f}")'
 }
 
+nginx_conf() { # name resumption(on|off) alg
+  local extra=""
+  [ "$2" = off ] && extra="ssl_session_cache off; ssl_session_tickets off;"
+  cat > "$WORK/nginx/$1.conf" <<CONF
+worker_processes $CORES; pid $WORK/nginx/$1.pid; error_log $WORK/nginx/$1-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_TLS ssl; keepalive_requests 100000;
+    ssl_certificate $WORK/$3.crt; ssl_certificate_key $WORK/$3.key; $extra
+    location / {
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto https; proxy_set_header X-Forwarded-Port \$server_port;
+    }
+  }
+}
+CONF
+}
+
+full_handshakes() { # host:port → full handshakes per second (openssl s_time -new never resumes)
+  local out="$WORK/s_time" i
+  for i in $(seq "$THREADS"); do
+    pin "$WRK_CPUS" openssl s_time -connect "$1" -new -time "$DURATION" > "$out.$i" 2>/dev/null &
+  done
+  wait
+  cat "$out".* | awk '/connections in .* real seconds/ {n += $1; t = $4} END {printf "%d\n", (t > 0 ? n / t : 0)}'
+  rm -f "$out".*
+}
+
+start_nginx() { # name resumption alg
+  nginx_conf "$1" "$2" "$3"
+  pin "$SERVER_CPUS" nginx -c "$WORK/nginx/$1.conf" -g 'daemon off;' & NGINX_PID=$!
+  until curl -fsk "https://127.0.0.1:$NGINX_TLS/" >/dev/null 2>&1; do sleep 0.1; done
+}
+stop_nginx() { kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; }
+
+echo "cores per server: $CORES, wrk: $THREADS threads, $CONNECTIONS connections, ${DURATION}s per run"
+printf '%-11s %-16s %-10s %9s %8s %8s   %s\n' algorithm mode server req/s p50_ms p99_ms edge/server
 KIND=provision
 for alg in ecdsa-p256 rsa-2048; do
   case $alg in
@@ -97,35 +155,26 @@ for alg in ecdsa-p256 rsa-2048; do
   wait_deployed "$TICKET"
   KIND=update
 
-  cat > "$WORK/nginx/tls-$alg.conf" <<CONF
-worker_processes $THREADS; pid $WORK/nginx/tls-$alg.pid; error_log $WORK/nginx/tls-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_TLS ssl; keepalive_requests 100000;
-    ssl_certificate $WORK/$alg.crt; ssl_certificate_key $WORK/$alg.key;
-    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
-    location / {
-      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto https; proxy_set_header X-Forwarded-Port \$server_port;
-    }
-  }
-}
-CONF
-  nginx -c "$WORK/nginx/tls-$alg.conf" -g 'daemon off;' & NGINX_PID=$!
-  sleep 0.5
-  curl -fsk "https://127.0.0.1:$NGINX_TLS/" >/dev/null
   curl -fsk --resolve "bench.example.com:$EDGE_TLS:127.0.0.1" "https://bench.example.com:$EDGE_TLS/" >/dev/null
   for mode in keep-alive new-connections; do
     args=()
     [ "$mode" = new-connections ] && args=(-H "Connection: close")
-    edge=$(bench "https://127.0.0.1:$EDGE_TLS/" "${args[@]}")
-    nginx_rps=$(bench "https://127.0.0.1:$NGINX_TLS/" "${args[@]}")
-    ratio=$(python3 -c "print(f'{$edge/$nginx_rps:.2f}')")
-    printf '%-11s %-16s edge %7s req/s   nginx %7s req/s   edge/nginx %sx\n' "$alg" "$mode" "$edge" "$nginx_rps" "$ratio"
+    read -r edge edge_p50 edge_p99 < <(bench "https://127.0.0.1:$EDGE_TLS/" "${args[@]}")
+    printf '%-11s %-16s %-10s %9s %8s %8s\n' "$alg" "$mode" edge "$edge" "$edge_p50" "$edge_p99"
+    for resumption in on off; do
+      start_nginx "nginx-$alg-$resumption" "$resumption" "$alg"
+      read -r rps p50 p99 < <(bench "https://127.0.0.1:$NGINX_TLS/" "${args[@]}")
+      stop_nginx
+      label=$([ "$resumption" = on ] && echo nginx-stock || echo nginx-noresume)
+      ratio=$(python3 -c "print(f'{$edge/max($rps,1):.2f}x')")
+      printf '%-11s %-16s %-10s %9s %8s %8s   %s\n' "$alg" "$mode" "$label" "$rps" "$p50" "$p99" "$ratio"
+    done
   done
-  kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true
+  edge=$(full_handshakes "127.0.0.1:$EDGE_TLS")
+  printf '%-11s %-16s %-10s %9s\n' "$alg" full-handshakes edge "$edge"
+  start_nginx "nginx-$alg-full" off "$alg"
+  rps=$(full_handshakes "127.0.0.1:$NGINX_TLS")
+  stop_nginx
+  printf '%-11s %-16s %-10s %9s %8s %8s   %s\n' "$alg" full-handshakes nginx "$rps" - - "$(python3 -c "print(f'{$edge/max($rps,1):.2f}x')")"
 done
+echo "edge node resident memory: $(ps -o rss= -p "$EDGE_PID" | awk '{printf "%.1f MiB", $1/1024}')"

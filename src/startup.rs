@@ -147,6 +147,8 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let limiter = state.login_limiter.clone();
     vec![
         tokio::spawn(edge::deploy::run(state.clone())),
+        tokio::spawn(edge::session_keys::run(state.clone())),
+        tokio::spawn(edge::stapling::run(state.clone())),
         tokio::spawn(mail::reminders::run(state.clone())),
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));

@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{NodeState, custody, store, verify};
+use super::{NodeState, custody, session_keys, store, verify};
 use crate::{
     apps::hostname,
     audit::{self, Entry},
@@ -280,6 +280,13 @@ async fn publish(
             lines,
         );
         mail::enqueue(&mut tx, &format!("ticket:{}:sealed", ticket.id), &mail).await?;
+    }
+    // Visitors resume across both nodes from the first deployment on; a released pair's keys go.
+    match job.target {
+        Some(_) => {
+            session_keys::rotate_if_due(&mut tx, &pair).await?;
+        }
+        None => session_keys::forget(&mut tx, pair.id).await?,
     }
     sqlx::query("UPDATE edge_pairs SET config_version = config_version + 1, certificate_id = $1 WHERE id = $2")
         .bind(job.target)

@@ -9,7 +9,10 @@ pub mod custody;
 pub mod deploy;
 pub mod fleet;
 pub mod node;
+pub mod ocsp;
 pub mod routes;
+pub mod session_keys;
+pub mod stapling;
 pub mod store;
 pub mod verify;
 
@@ -70,6 +73,9 @@ pub struct NodeConfig {
     /// (`CERTDROP_ALLOW_PRIVATE_BACKENDS`); the node enforces it on every connection.
     #[serde(default)]
     pub allow_private_backends: bool,
+    /// The pair's TLS session ticket keys, newest first, each sealed to both of its nodes.
+    #[serde(default)]
+    pub session_ticket_keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -86,6 +92,11 @@ pub struct Site {
     /// `Strict-Transport-Security: max-age` sent over TLS while `force_https` is on (0: none).
     #[serde(default)]
     pub hsts_max_age: i64,
+    /// A checked OCSP response for the leaf (base64 DER), stapled until `ocsp_next_update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_staple: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_next_update: Option<i64>,
 }
 
 /// Enrollment request of a node.

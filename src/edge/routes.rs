@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{Enrolled, Enrollment, NodeConfig, Site, custody, store};
+use super::{Enrolled, Enrollment, NodeConfig, Site, custody, session_keys, store};
 use crate::{
     accounts::{
         ApiCredential, ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp,
@@ -506,12 +506,15 @@ async fn config_api(
 /// confirmation existed keeps serving what it already held until an admin confirms it).
 async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppResult<NodeConfig> {
     let row = sqlx::query(
-        "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, a.hsts_max_age, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key \
+        "SELECT p.name AS pair, a.id AS app_id, a.name AS app, a.backend_url, a.force_https, a.hsts_max_age, c.id AS cert_id, c.chain_pem, c.sans, k.sealed_key, \
+         s.response AS ocsp_staple, s.next_update AS ocsp_next_update \
          FROM edge_pairs p LEFT JOIN apps a ON a.id = p.app_id LEFT JOIN certificates c ON c.id = p.certificate_id \
-         LEFT JOIN node_keys k ON k.certificate_id = c.id AND k.node_id = $1 WHERE p.id = $2",
+         LEFT JOIN node_keys k ON k.certificate_id = c.id AND k.node_id = $1 \
+         LEFT JOIN ocsp_staples s ON s.certificate_id = c.id AND s.next_update > $3 WHERE p.id = $2",
     )
     .bind(node.id)
     .bind(node.pair_id)
+    .bind(crate::db::now())
     .fetch_one(&state.db)
     .await?;
     let pair: String = row.try_get("pair")?;
@@ -538,13 +541,17 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
             backend_url: row.try_get("backend_url")?,
             force_https: row.try_get::<i64, _>("force_https")? != 0,
             hsts_max_age: row.try_get("hsts_max_age")?,
+            ocsp_staple: row.try_get("ocsp_staple")?,
+            ocsp_next_update: row.try_get("ocsp_next_update")?,
         });
     }
+    let session_ticket_keys = session_keys::sealed_for(&state.db, node.id).await?;
     Ok(NodeConfig {
         version,
         pair,
         sites,
         allow_private_backends: state.config.allow_private_backends,
+        session_ticket_keys,
     })
 }
 

@@ -53,17 +53,49 @@ pub fn seal_to(recipient: &str, key: &PlainKey) -> anyhow::Result<SealedKey> {
     })
 }
 
-/// Opens a sealed key with any of `identities`.
-pub fn open_with(identities: &[Identity], sealed: &str) -> anyhow::Result<PlainKey> {
+/// Seals secret bytes (not a PEM key: a TLS session ticket key) to every recipient in one
+/// envelope that each of them can open.
+pub fn seal_secret_to(recipients: &[String], secret: &[u8]) -> anyhow::Result<String> {
+    let parsed = recipients
+        .iter()
+        .map(|r| {
+            Recipient::from_str(r)
+                .map(|r| Box::new(r) as Box<dyn age::Recipient>)
+                .map_err(|e| anyhow::anyhow!("not an age recipient: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r.as_ref()))
+        .context("sealing a secret to no recipient")?;
+    let mut armored = Vec::new();
+    let mut writer = encryptor.wrap_output(age::armor::ArmoredWriter::wrap_output(
+        &mut armored,
+        age::armor::Format::AsciiArmor,
+    )?)?;
+    writer.write_all(secret)?;
+    writer.finish()?.finish()?;
+    String::from_utf8(armored).context("age armour is text")
+}
+
+/// Opens sealed bytes with any of `identities`, into memory that is wiped when dropped.
+pub fn open_secret_with(
+    identities: &[Identity],
+    sealed: &str,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let decryptor = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(sealed.as_bytes()))
         .context("reading a sealed key")?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-        .context("no vault identity opens this sealed key")?;
+        .context("no identity here opens this sealed key")?;
     let mut plain = Zeroizing::new(Vec::new());
     reader
         .read_to_end(&mut plain)
         .context("opening a sealed key")?;
+    Ok(plain)
+}
+
+/// Opens a sealed key with any of `identities`.
+pub fn open_with(identities: &[Identity], sealed: &str) -> anyhow::Result<PlainKey> {
+    let mut plain = open_secret_with(identities, sealed)?;
     let text =
         String::from_utf8(std::mem::take(&mut *plain)).context("a sealed key is not text")?;
     Ok(PlainKey(Zeroizing::new(text)))

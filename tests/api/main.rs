@@ -12,6 +12,7 @@ mod custody;
 mod edge;
 mod edge_limits;
 mod edge_support;
+mod edge_tls;
 mod fuzz_corpus;
 mod hardening;
 mod health;

@@ -110,9 +110,41 @@ pub fn leaf(names: &[&str], issuer: &Ca, alg: Alg) -> Leaf {
 }
 
 pub fn leaf_with(names: &[&str], issuer: &Ca, alg: Alg, validity: Validity) -> Leaf {
+    leaf_built(names, issuer, alg, validity, |_| {})
+}
+
+/// A leaf whose Authority Information Access names an OCSP responder at `url`.
+pub fn leaf_with_ocsp_responder(names: &[&str], issuer: &Ca, url: &str) -> Leaf {
+    leaf_built(names, issuer, Alg::P256, VALID, |params| {
+        // SEQUENCE { SEQUENCE { id-ad-ocsp, [6] uniformResourceIdentifier } }
+        let mut location = vec![0x86, url.len() as u8];
+        location.extend_from_slice(url.as_bytes());
+        let mut access = vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+        access.extend(location);
+        let mut description = vec![0x30, access.len() as u8];
+        description.extend(access);
+        let mut content = vec![0x30, description.len() as u8];
+        content.extend(description);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+                content,
+            ));
+    })
+}
+
+fn leaf_built(
+    names: &[&str],
+    issuer: &Ca,
+    alg: Alg,
+    validity: Validity,
+    tweak: impl FnOnce(&mut CertificateParams),
+) -> Leaf {
     let key = alg.key();
     let mut params =
         CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    tweak(&mut params);
     params.distinguished_name.push(DnType::CommonName, names[0]);
     params.not_before = OffsetDateTime::now_utc() + Duration::days(validity.from_days);
     params.not_after = OffsetDateTime::now_utc() + Duration::days(validity.to_days);

@@ -6,6 +6,7 @@
 
 pub mod limits;
 mod proxy;
+mod resumption;
 mod sites;
 
 use std::{
@@ -204,8 +205,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         "certdrop edge is serving"
     );
 
+    // One TLS configuration for every worker: tickets sealed with the pair's keys resume on
+    // any of them, and on the other node.
+    let acceptor = proxy::tls_acceptor(&node);
     for listener in tls_listeners {
-        let node = node.clone();
+        let (node, acceptor) = (node.clone(), acceptor.clone());
         std::thread::Builder::new()
             .name("edge-tls".into())
             .spawn(move || {
@@ -215,7 +219,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     .expect("a TLS worker runtime");
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => proxy::serve_tls(listener, node).await,
+                        Ok(listener) => proxy::serve_tls(listener, node, acceptor).await,
                         Err(err) => tracing::error!(error = %err, "edge: TLS worker cannot listen"),
                     }
                 });

@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     Node,
     limits::{Activity, Tracked, Watched, serve_watched},
+    resumption::Ticketer,
     sites::{Resolver, Site},
 };
 use crate::edge::backend;
@@ -304,7 +305,11 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     listener.into_std()
 }
 
-pub async fn serve_tls(listener: TcpListener, node: Arc<Node>) {
+/// Stateful sessions kept for TLS 1.2 clients that do not take tickets (tickets need no room).
+const SESSION_CACHE_ENTRIES: usize = 4096;
+
+/// The node's TLS configuration: certificates by SNI, tickets sealed with the pair's keys.
+pub fn tls_acceptor(node: &Arc<Node>) -> TlsAcceptor {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -312,7 +317,12 @@ pub async fn serve_tls(listener: TcpListener, node: Arc<Node>) {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(node.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    config.ticketer = Arc::new(Ticketer(node.clone()));
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    TlsAcceptor::from(Arc::new(config))
+}
+
+pub async fn serve_tls(listener: TcpListener, node: Arc<Node>, acceptor: TlsAcceptor) {
     let client = upstream(&node);
     loop {
         let (tcp, peer) = match listener.accept().await {

@@ -13,6 +13,8 @@ use crate::{edge::NodeConfig, vault};
 pub struct Site {
     pub app: String,
     pub certified: Arc<CertifiedKey>,
+    /// The same key with an OCSP staple, and the unix second the staple expires.
+    pub stapled: Option<(Arc<CertifiedKey>, i64)>,
     pub backend: String,
     pub force_https: bool,
     pub hsts_max_age: i64,
@@ -25,6 +27,8 @@ pub struct Sites {
     exact: HashMap<String, Arc<Site>>,
     /// `example.com` for a site serving `*.example.com`.
     wildcard: HashMap<String, Arc<Site>>,
+    /// The pair's session ticket keys, swapped in with the sites.
+    pub tickets: super::resumption::TicketKeys,
 }
 
 impl std::fmt::Debug for Sites {
@@ -39,7 +43,10 @@ impl std::fmt::Debug for Sites {
 impl Sites {
     pub fn open(config: &NodeConfig, identity: &age::x25519::Identity) -> anyhow::Result<Self> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let mut sites = Self::default();
+        let mut sites = Self {
+            tickets: super::resumption::TicketKeys::open(&config.session_ticket_keys, identity),
+            ..Self::default()
+        };
         for site in &config.sites {
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(site.chain_pem.as_bytes())
@@ -53,6 +60,19 @@ impl Sites {
                 .with_context(|| format!("{}: the key is not PEM", site.app))?;
             let certified = CertifiedKey::from_der(chain, der, &provider)
                 .with_context(|| format!("{}: key and certificate do not match", site.app))?;
+            let stapled = match (&site.ocsp_staple, site.ocsp_next_update) {
+                (Some(staple), Some(next_update)) => {
+                    let der =
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, staple)
+                            .with_context(|| {
+                                format!("{}: the OCSP staple is not base64", site.app)
+                            })?;
+                    let mut with_staple = certified.clone();
+                    with_staple.ocsp = Some(der);
+                    Some((Arc::new(with_staple), next_update))
+                }
+                _ => None,
+            };
             let backend_refusal = url::Url::parse(&site.backend_url)
                 .ok()
                 .and_then(|u| match u.host()? {
@@ -64,6 +84,7 @@ impl Sites {
             let entry = Arc::new(Site {
                 app: site.app.clone(),
                 certified: Arc::new(certified),
+                stapled,
                 backend: site.backend_url.trim_end_matches('/').to_string(),
                 force_https: site.force_https,
                 hsts_max_age: site.hsts_max_age,
@@ -121,12 +142,28 @@ impl std::fmt::Debug for super::Node {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Site {
+    /// The certified key to serve now: stapled while the staple is valid, else without.
+    pub fn certified_now(&self) -> Arc<CertifiedKey> {
+        match &self.stapled {
+            Some((stapled, next_update)) if unix_now() < *next_update => stapled.clone(),
+            _ => self.certified.clone(),
+        }
+    }
+}
+
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0
             .sites
             .load()
             .for_sni(hello.server_name())
-            .map(|s| s.certified.clone())
+            .map(|s| s.certified_now())
     }
 }
