@@ -16,8 +16,10 @@ CONNECTIONS="${CONNECTIONS:-50}"
 THREADS="${THREADS:-2}"
 # Worker count of both servers: the CPUs they are pinned to, else all of them.
 SERVER_CPUS="${SERVER_CPUS:-}"; WRK_CPUS="${WRK_CPUS:-}"
-pin() { local cpus=$1; shift; if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi; }
-CORES="${CORES:-$(pin "$SERVER_CPUS" nproc)}"
+SERVER_PIN=(); WRK_PIN=()
+[ -n "$SERVER_CPUS" ] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+[ -n "$WRK_CPUS" ] && WRK_PIN=(taskset -c "$WRK_CPUS")
+CORES="${CORES:-$("${SERVER_PIN[@]}" nproc)}"
 for tool in nginx wrk openssl curl python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk openssl curl python3)" >&2; exit 1; }
 done
@@ -69,7 +71,7 @@ for port in $EDGE_TLS $EDGE_TLS2; do
   t=$(echo "$PAIR" | json "[\"enroll_tokens\"][$i]"); i=$((i+1))
   recipient=$("$BIN" edge:identity --data-dir "$WORK/edge-$port" | sed -n 's/^recipient //p')
   "$BIN" fleet:attest "$recipient" --key "$WORK/fleet.key" > "$WORK/edge-$port.attestation"
-  RUST_LOG=warn pin "$SERVER_CPUS" "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" \
+  RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN" edge --control-plane "http://127.0.0.1:$CP" --enroll-token "$t" --listen "127.0.0.1:$port" \
     --data-dir "$WORK/edge-$port" --attestation "$WORK/edge-$port.attestation" > "$WORK/edge-$port.log" 2>&1 & PIDS+=($!)
   [ "$port" = "$EDGE_TLS" ] && EDGE_PID=$!
 done
@@ -88,14 +90,15 @@ wait_deployed() {
 }
 
 bench() { # url extra-args... → "requests/s p50 p99" (latencies in ms)
-  pin "$WRK_CPUS" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" 2>/dev/null | python3 -c '
+  "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" 2>/dev/null | python3 -c '
 import re, sys
 text = sys.stdin.read()
 def ms(label):
     m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
     return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-print(int(float(rps.group(1))) if rps else 0, f"{ms(\"50\"):.2f}", f"{ms(\"99\"):.2f}")'
+p50, p99 = ms("50"), ms("99")
+print(int(float(rps.group(1))) if rps else 0, f"{p50:.2f}", f"{p99:.2f}")'
 }
 
 nginx_conf() { # name resumption(on|off) alg
@@ -122,18 +125,19 @@ CONF
 }
 
 full_handshakes() { # host:port → full handshakes per second (openssl s_time -new never resumes)
-  local out="$WORK/s_time" i
+  local out="$WORK/s_time" i clients=()
   for i in $(seq "$THREADS"); do
-    pin "$WRK_CPUS" openssl s_time -connect "$1" -new -time "$DURATION" > "$out.$i" 2>/dev/null &
+    "${WRK_PIN[@]}" openssl s_time -connect "$1" -new -time "$DURATION" > "$out.$i" 2>/dev/null &
+    clients+=($!)
   done
-  wait
+  wait "${clients[@]}"
   cat "$out".* | awk '/connections in .* real seconds/ {n += $1; t = $4} END {printf "%d\n", (t > 0 ? n / t : 0)}'
   rm -f "$out".*
 }
 
 start_nginx() { # name resumption alg
   nginx_conf "$1" "$2" "$3"
-  pin "$SERVER_CPUS" nginx -c "$WORK/nginx/$1.conf" -g 'daemon off;' & NGINX_PID=$!
+  "${SERVER_PIN[@]}" nginx -c "$WORK/nginx/$1.conf" -g 'daemon off;' & NGINX_PID=$!
   until curl -fsk "https://127.0.0.1:$NGINX_TLS/" >/dev/null 2>&1; do sleep 0.1; done
 }
 stop_nginx() { kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; }

@@ -19,7 +19,10 @@ pub mod client;
 pub mod config;
 /// Pool, migrations, pagination.
 pub mod db;
-/// Edge pairs, the deploy worker, handshake verification, and the edge node itself.
+/// The little DER certdrop writes and reads by hand.
+pub mod der;
+/// Edge pairs, the deploy worker, handshake verification, session ticket keys, OCSP stapling,
+/// and the edge node itself.
 pub mod edge;
 /// `AppError`: what users see versus what is logged.
 pub mod error;

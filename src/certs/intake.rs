@@ -14,7 +14,7 @@ use super::{
     trust::{Trust, TrustStore},
     x509::CertInfo,
 };
-use crate::{apps::hostname, error::ErrorItem, vault::PlainKey};
+use crate::{apps::hostname, der, error::ErrorItem, vault::PlainKey};
 
 pub struct Upload<'a> {
     pub certificate: &'a [u8],
@@ -214,31 +214,8 @@ fn rsa_public_bits(pkcs1: &[u8]) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    let int = |v: &[u8]| {
-        let mut out = vec![0x02];
-        push_len(&mut out, v.len());
-        out.extend_from_slice(v);
-        out
-    };
-    let body = [int(n), int(e)].concat();
-    let mut out = vec![0x30];
-    push_len(&mut out, body.len());
-    out.extend(body);
-    Some(out)
-}
-
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
+    let body = [der::encode(der::INTEGER, n), der::encode(der::INTEGER, e)].concat();
+    Some(der::encode(der::SEQUENCE, &body))
 }
 
 /// Checks an upload against the app's domains at time `now` (unix seconds).

@@ -4,6 +4,10 @@
 //! signed by the issuer or by a responder the issuer delegated to. A response that fails any
 //! check is never stapled (a bad staple breaks browsers; no staple never does).
 
+use crate::der::{
+    BIT_STRING, ENUMERATED, GENERALIZED_TIME, INTEGER, OCTET_STRING, OID, SEQUENCE, children,
+    encode as der, expect,
+};
 use aws_lc_rs::{digest, signature};
 use x509_parser::{
     certificate::X509Certificate, extensions::ParsedExtension, oid_registry, prelude::FromDer,
@@ -39,75 +43,6 @@ pub fn responder_url(leaf_der: &[u8]) -> Option<String> {
             }
             _ => None,
         })
-}
-
-// ---- DER, the little of it OCSP needs ----
-
-const SEQUENCE: u8 = 0x30;
-const OCTET_STRING: u8 = 0x04;
-const INTEGER: u8 = 0x02;
-const BIT_STRING: u8 = 0x03;
-const OID: u8 = 0x06;
-const ENUMERATED: u8 = 0x0a;
-const GENERALIZED_TIME: u8 = 0x18;
-
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-/// One TLV off the front of `input`: (tag, content, the whole TLV, what follows).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at_checked(n)?;
-        (
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize),
-            rest,
-        )
-    };
-    let (content, after) = rest.split_at_checked(len)?;
-    let whole = &input[..input.len() - after.len()];
-    Some((tag, content, whole, after))
-}
-
-/// The TLVs inside a constructed value.
-fn children(mut content: &[u8]) -> Option<Vec<(u8, &[u8], &[u8])>> {
-    let mut out = Vec::new();
-    while !content.is_empty() {
-        let (tag, inner, whole, rest) = tlv(content)?;
-        out.push((tag, inner, whole));
-        content = rest;
-    }
-    Some(out)
-}
-
-/// The content of `input` when it is one TLV of `tag`.
-fn expect(input: &[u8], tag: u8) -> Option<&[u8]> {
-    match tlv(input)? {
-        (t, content, _, rest) if t == tag && rest.is_empty() => Some(content),
-        _ => None,
-    }
 }
 
 // OIDs as their DER content bytes.
@@ -407,22 +342,6 @@ fn verify(spki: &SubjectPublicKeyInfo, sig_alg: &[u8], message: &[u8], signature
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_lengths_round_trip() {
-        for len in [0usize, 5, 127, 128, 255, 256, 70_000] {
-            let content = vec![7u8; len];
-            let encoded = der(OCTET_STRING, &content);
-            let (tag, inner, whole, rest) = tlv(&encoded).unwrap();
-            assert_eq!(
-                (tag, inner, whole, rest.len()),
-                (OCTET_STRING, &content[..], &encoded[..], 0)
-            );
-        }
-        assert!(tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
-        assert!(tlv(&[0x30, 0x05, 1]).is_none());
-        assert!(tlv(&[]).is_none());
-    }
 
     #[test]
     fn generalized_times_are_read_as_utc() {

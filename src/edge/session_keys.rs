@@ -31,6 +31,9 @@ pub async fn rotate_if_due(conn: &mut AnyConnection, pair: &store::Pair) -> anyh
         .iter()
         .filter_map(|n| n.recipient.clone())
         .collect();
+    let [first, second] = recipients.as_slice() else {
+        return Ok(false);
+    };
     let mut secret = Zeroizing::new([0u8; KEY_BYTES]);
     SystemRandom::new()
         .fill(secret.as_mut())
@@ -48,8 +51,8 @@ pub async fn rotate_if_due(conn: &mut AnyConnection, pair: &store::Pair) -> anyh
     .bind(pair.id)
     .bind(&sealed)
     .bind(now)
-    .bind(&recipients[0])
-    .bind(&recipients[1])
+    .bind(first)
+    .bind(second)
     .bind(now - ROTATE_SECONDS)
     .execute(&mut *conn)
     .await?;

@@ -60,6 +60,42 @@ fn default_max_connections() -> usize {
     (files.saturating_sub(64) / 2).max(16) as usize
 }
 
+/// Open client connections, bounded by `--max-connections`: a lock-free count, since every TLS
+/// worker takes and gives back a slot per connection (tokio's semaphore locks a mutex on every
+/// release, which all the workers would queue on).
+pub struct ConnectionSlots {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One connection's slot, given back when dropped.
+pub struct Slot(Arc<ConnectionSlots>);
+
+impl ConnectionSlots {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot, or `None` when `max` connections are open.
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 const NONE: u64 = u64::MAX;
 
 /// One connection's clock: how many requests are open, when it last fell idle, and when the
@@ -262,6 +298,18 @@ pub async fn serve_watched<C: Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_slots_stop_at_the_maximum_and_come_back_when_dropped() {
+        let slots = ConnectionSlots::new(2);
+        let (a, b) = (slots.take().unwrap(), slots.take().unwrap());
+        assert!(slots.take().is_none());
+        drop(a);
+        let c = slots.take().unwrap();
+        assert!(slots.take().is_none());
+        drop((b, c));
+        assert!(slots.take().is_some());
+    }
 
     #[test]
     fn a_connection_gets_the_header_timeout_first_then_the_idle_timeout() {

@@ -74,7 +74,7 @@ pub struct Node {
     pub tls_port: u16,
     pub limits: limits::Limits,
     /// One permit per open client connection (`--max-connections`).
-    pub connections: Arc<tokio::sync::Semaphore>,
+    pub connections: Arc<limits::ConnectionSlots>,
     pub started: std::time::Instant,
     /// The second (since `started`) of the last "shedding connections" log line.
     pub last_shed_log: AtomicU64,
@@ -175,7 +175,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         tls_port: tls_addr.port(),
         limits: args.limits,
-        connections: Arc::new(tokio::sync::Semaphore::new(args.limits.max_connections)),
+        connections: limits::ConnectionSlots::new(args.limits.max_connections),
         started: std::time::Instant::now(),
         last_shed_log: AtomicU64::new(u64::MAX),
         hop,

@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     Node,
-    limits::{Activity, Tracked, Watched, serve_watched},
+    limits::{Activity, Slot, Tracked, Watched, serve_watched},
     resumption::Ticketer,
     sites::{Resolver, Site},
 };
@@ -274,10 +274,10 @@ async fn forward(
 }
 
 /// Takes a connection slot, or sheds the connection (saying so at most once a second).
-fn admit(node: &Node) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    match node.connections.clone().try_acquire_owned() {
-        Ok(permit) => Some(permit),
-        Err(_) => {
+fn admit(node: &Node) -> Option<Slot> {
+    match node.connections.take() {
+        Some(slot) => Some(slot),
+        None => {
             let now = node.started.elapsed().as_secs();
             if node.last_shed_log.swap(now, Ordering::Relaxed) != now {
                 tracing::warn!(

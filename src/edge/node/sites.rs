@@ -60,16 +60,19 @@ impl Sites {
                 .with_context(|| format!("{}: the key is not PEM", site.app))?;
             let certified = CertifiedKey::from_der(chain, der, &provider)
                 .with_context(|| format!("{}: key and certificate do not match", site.app))?;
+            // A staple is a bonus: one that cannot be read is left out, never a reason not to serve.
             let stapled = match (&site.ocsp_staple, site.ocsp_next_update) {
                 (Some(staple), Some(next_update)) => {
-                    let der =
-                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, staple)
-                            .with_context(|| {
-                                format!("{}: the OCSP staple is not base64", site.app)
-                            })?;
-                    let mut with_staple = certified.clone();
-                    with_staple.ocsp = Some(der);
-                    Some((Arc::new(with_staple), next_update))
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, staple)
+                        .inspect_err(|_| {
+                            tracing::warn!(app = %site.app, "edge: the OCSP staple is not base64; serving without it");
+                        })
+                        .ok()
+                        .map(|der| {
+                            let mut with_staple = certified.clone();
+                            with_staple.ocsp = Some(der);
+                            (Arc::new(with_staple), next_update)
+                        })
                 }
                 _ => None,
             };
