@@ -73,7 +73,7 @@ pub struct Node {
     /// The TLS port, for X-Forwarded-Port and redirects.
     pub tls_port: u16,
     pub limits: limits::Limits,
-    /// One permit per open client connection (`--max-connections`).
+    /// One slot per open client connection (`--max-connections`).
     pub connections: Arc<limits::ConnectionSlots>,
     pub started: std::time::Instant,
     /// The second (since `started`) of the last "shedding connections" log line.
