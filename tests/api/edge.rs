@@ -107,6 +107,41 @@ pub async fn start_pair_with(
     nodes
 }
 
+/// An app `shop` of ann@example.com serving www.example.com through a new pair started with
+/// `flags`, proxying to `backend`, with `leaf` (and `chain_pem`) provisioned by sam@example.com.
+pub async fn serve_shop(
+    app: &crate::common::TestApp,
+    backend: std::net::SocketAddr,
+    flags: &[&str],
+    leaf: &pki::Leaf,
+    chain_pem: &[u8],
+) -> ([EdgeNode; 2], Api) {
+    let (ops, keys) = app.crew().await;
+    let nodes = start_pair_with(&app.address, ops, keys, "edge-x", flags).await;
+    let ann = app.api_user("ann@example.com", Role::Customer).await;
+    let created = ann
+        .post(
+            "/api/v1/apps",
+            json!({"name": "shop", "backend_url": format!("http://{backend}")}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    ann.post(
+        "/api/v1/apps/shop/domains",
+        json!({"hostname": "www.example.com"}),
+    )
+    .await;
+    let cert = ann.upload_id("shop", leaf, chain_pem).await;
+    let ticket = ann.open_ticket("shop", "provision", Some(cert)).await;
+    let sam = app.api_user("sam@example.com", Role::Staff).await;
+    let resp = sam
+        .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    wait_ticket(&ann, ticket, "deployed").await;
+    (nodes, ann)
+}
+
 async fn open_and_approve(
     customer: &Api,
     staff: &Api,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     common::{Api, Backend, TestApp},
-    edge::{start_pair_with, wait_ticket},
+    edge::serve_shop,
     edge_support::{EdgeNode, echo_backend, https_client, roots},
     pki::{self, Alg},
 };
@@ -29,31 +29,9 @@ struct Served {
 }
 
 async fn serve(app: &TestApp, backend: SocketAddr, flags: &[&str]) -> Served {
-    let (ops, keys) = app.crew().await;
-    let nodes = start_pair_with(&app.address, ops, keys, "edge-x", flags).await;
-    let ann = app.api_user("ann@example.com", Role::Customer).await;
-    let created = ann
-        .post(
-            "/api/v1/apps",
-            json!({"name": "shop", "backend_url": format!("http://{backend}")}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    ann.post(
-        "/api/v1/apps/shop/domains",
-        json!({"hostname": "www.example.com"}),
-    )
-    .await;
     let root = pki::root("Limits Root");
     let leaf = pki::leaf(&["www.example.com"], &root, Alg::P256);
-    let cert = ann.upload_id("shop", &leaf, b"").await;
-    let ticket = ann.open_ticket("shop", "provision", Some(cert)).await;
-    let sam = app.api_user("sam@example.com", Role::Staff).await;
-    let resp = sam
-        .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
-        .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
-    wait_ticket(&ann, ticket, "deployed").await;
+    let (nodes, ann) = serve_shop(app, backend, flags, &leaf, b"").await;
     Served {
         nodes,
         root_pem: root.pem(),

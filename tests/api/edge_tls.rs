@@ -9,49 +9,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certdrop::accounts::Role;
-use reqwest::StatusCode;
-use serde_json::json;
-
 use crate::{
-    common::{Api, TestApp},
+    common::TestApp,
     db_test,
-    edge::{start_pair, wait_ticket},
+    edge::serve_shop,
     edge_support::{EdgeNode, echo_backend},
     pki::{self, Alg, Leaf},
 };
 
-/// An app `shop` serving www.example.com on a new pair, with `leaf` (chain: `chain_pem`) deployed.
+/// `shop` serving www.example.com from a new pair, with `leaf` (chain: `chain_pem`) deployed.
 async fn deployed(app: &TestApp, leaf: &Leaf, chain_pem: &str) -> [EdgeNode; 2] {
-    let staff = app.api_user("sam@example.com", Role::Staff).await;
-    let (ops, keys) = app.crew().await;
-    let nodes = start_pair(&app.address, ops, keys, "edge-tls").await;
-    let backend = echo_backend().await;
-    let ann = app.api_user("ann@example.com", Role::Customer).await;
-    let resp = ann
-        .post(
-            "/api/v1/apps",
-            json!({"name": "shop", "backend_url": format!("http://{backend}")}),
-        )
-        .await;
-    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
-    ann.post(
-        "/api/v1/apps/shop/domains",
-        json!({"hostname": "www.example.com"}),
-    )
-    .await;
-    let cert = ann.upload_id("shop", leaf, chain_pem.as_bytes()).await;
-    let ticket = ann.open_ticket("shop", "provision", Some(cert)).await;
-    approve(&staff, ticket).await;
-    wait_ticket(&ann, ticket, "deployed").await;
-    nodes
-}
-
-async fn approve(staff: &Api, ticket: i64) {
-    let resp = staff
-        .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
-        .await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    serve_shop(app, echo_backend().await, &[], leaf, chain_pem.as_bytes())
+        .await
+        .0
 }
 
 /// One HTTPS request with `openssl s_client` (its session summary and what it printed);
