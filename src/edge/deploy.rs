@@ -542,6 +542,8 @@ async fn fail(
                 .bind(job.pair_id)
                 .execute(&mut *tx)
                 .await?;
+            // Like any released pair: the next app on it starts with keys of its own.
+            session_keys::forget(&mut tx, job.pair_id).await?;
         }
         // Keep serving what was verified before.
         _ => {
