@@ -97,19 +97,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Add a custom domain to an app (wildcards like *.example.com allowed).
+    /// Claim a custom domain for an app (wildcards like *.example.com allowed); it is served
+    /// once proved with the TXT record this prints.
     #[command(name = "domains:add")]
     DomainsAdd {
         hostname: String,
         #[arg(long)]
         app: String,
+        /// Staff only: add to a customer's app, with this reason (audited).
+        #[arg(long)]
+        override_reason: Option<String>,
     },
-    /// Remove a custom domain from an app.
+    /// Check a domain's TXT proof now (staff: --override-reason verifies without it, audited).
+    #[command(name = "domains:verify")]
+    DomainsVerify {
+        hostname: String,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        override_reason: Option<String>,
+    },
+    /// Look up where a domain points now.
+    #[command(name = "domains:check")]
+    DomainsCheck {
+        hostname: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// Remove a custom domain from an app; one served now needs --confirm HOST.
     #[command(name = "domains:remove")]
     DomainsRemove {
         hostname: String,
         #[arg(long)]
         app: String,
+        /// Repeat the hostname to stop serving a live domain.
+        #[arg(long)]
+        confirm: Option<String>,
+        /// Staff only: remove from a customer's app, with this reason (audited).
+        #[arg(long)]
+        override_reason: Option<String>,
     },
     /// List an app's certificates.
     Certs {

@@ -38,6 +38,11 @@ pub struct Config {
     pub fleet_public_key: Option<crate::edge::fleet::FleetPublicKey>,
     /// Backends may be on loopback or link-local addresses (one-host setups, loopback tests).
     pub allow_private_backends: bool,
+    /// `CERTDROP_APPS_DOMAIN`: each app answers at `<app>.<this>`, the CNAME target of its
+    /// custom domains.
+    pub apps_domain: Option<String>,
+    /// `CERTDROP_DNS_RESOLVER`: the one DNS server certdrop asks (else the system's).
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -54,6 +59,24 @@ fn read_var(name: &str) -> anyhow::Result<Option<String>> {
         return Ok((!value.is_empty()).then_some(value));
     }
     Ok(None)
+}
+
+/// The apps domain is a plain hostname (no wildcard): `apps.example.net`.
+fn parse_apps_domain(raw: &str) -> anyhow::Result<String> {
+    match crate::domains::hostname::normalize(raw) {
+        Ok(name) if !name.starts_with("*.") => Ok(name),
+        Ok(_) => bail!("CERTDROP_APPS_DOMAIN: give the domain itself (apps.example.net), not a wildcard"),
+        Err(why) => bail!("CERTDROP_APPS_DOMAIN: {why}"),
+    }
+}
+
+/// A DNS server as `IP:PORT` (or an IP, port 53).
+fn parse_dns_resolver(raw: &str) -> anyhow::Result<SocketAddr> {
+    raw.parse()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            anyhow::anyhow!("CERTDROP_DNS_RESOLVER: `{raw}` is not IP:PORT; use e.g. 127.0.0.53:53 or 9.9.9.9")
+        })
 }
 
 /// A `true`/`false` variable, or `default` when unset.
@@ -84,6 +107,12 @@ impl Config {
         let currency = read_var("CERTDROP_CURRENCY")?.unwrap_or_else(|| "USD".into());
         let separation_of_duties = read_bool("CERTDROP_SEPARATION_OF_DUTIES", true)?;
         let allow_private_backends = read_bool("CERTDROP_ALLOW_PRIVATE_BACKENDS", false)?;
+        let apps_domain = read_var("CERTDROP_APPS_DOMAIN")?
+            .map(|raw| parse_apps_domain(&raw))
+            .transpose()?;
+        let dns_resolver = read_var("CERTDROP_DNS_RESOLVER")?
+            .map(|raw| parse_dns_resolver(&raw))
+            .transpose()?;
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
@@ -102,6 +131,8 @@ impl Config {
         config.separation_of_duties = separation_of_duties;
         config.fleet_public_key = fleet_public_key;
         config.allow_private_backends = allow_private_backends;
+        config.apps_domain = apps_domain;
+        config.dns_resolver = dns_resolver;
         Ok(config)
     }
 
@@ -192,6 +223,8 @@ impl Config {
             separation_of_duties: true,
             fleet_public_key: None,
             allow_private_backends: false,
+            apps_domain: None,
+            dns_resolver: None,
         })
     }
 

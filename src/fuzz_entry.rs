@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use crate::{
-    apps::hostname,
+    domains::hostname,
     certs::{
         intake::{Upload, check},
         pem,

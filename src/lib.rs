@@ -3,7 +3,7 @@
 
 /// Users, roles, passwords, sessions, CSRF, login rate limits and API tokens.
 pub mod accounts;
-/// Apps and their custom domains.
+/// Apps: a name, an owner and the backend their traffic reaches.
 pub mod apps;
 /// The append-only audit trail.
 pub mod audit;
@@ -19,6 +19,8 @@ pub mod client;
 pub mod config;
 /// Pool, migrations, pagination.
 pub mod db;
+/// Custom domains: claims, ownership proof (TXT), DNS targets and status, and who may serve a name.
+pub mod domains;
 /// The little DER certdrop writes and reads by hand.
 pub mod der;
 /// Edge pairs, the deploy worker, handshake verification, session ticket keys, OCSP stapling,

@@ -27,7 +27,7 @@ use crate::{
     apps, audit, billing,
     certs::{self, trust::TrustStore},
     config::Config,
-    db, edge,
+    db, domains, edge,
     error::AppError,
     mail,
     state::AppState,
@@ -65,6 +65,7 @@ impl Application {
         };
         let base_origin = base_url.origin().ascii_serialization();
         accounts::password::warm_up().await;
+        let config_dns = config.dns_resolver;
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -78,6 +79,7 @@ impl Application {
             config_changed: Arc::new(Notify::new()),
             storage_full_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            dns: Arc::new(crate::domains::dns::Resolver::new(config_dns)),
         };
         let transport = mail::worker::Transport::from_config(&state.config)?;
         let from: lettre::message::Mailbox = state
@@ -149,6 +151,7 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(edge::deploy::run(state.clone())),
         tokio::spawn(edge::session_keys::run(state.clone())),
         tokio::spawn(edge::stapling::run(state.clone())),
+        tokio::spawn(domains::worker::run(state.clone())),
         tokio::spawn(mail::reminders::run(state.clone())),
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
@@ -194,6 +197,7 @@ pub fn router(state: AppState) -> Router {
         .merge(accounts::routes::router())
         .merge(accounts::second_factor_routes::router())
         .merge(apps::routes::router())
+        .merge(domains::routes::router())
         .merge(audit::routes::router())
         .merge(certs::routes::router())
         .merge(tickets::routes::router())

@@ -31,6 +31,8 @@ pub struct AppState {
     pub config_changed: Arc<Notify>,
     /// When this instance last answered 507 `storage_full` (unix seconds), for `/readyz`.
     pub storage_full_at: Arc<std::sync::atomic::AtomicI64>,
+    /// Looks up TXT proofs and where domains point.
+    pub dns: Arc<crate::domains::dns::Resolver>,
     /// Turns true when the server begins to shut down, so long-polls answer at once.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }

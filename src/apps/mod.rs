@@ -1,7 +1,6 @@
 //! Apps (a name and the backend URL their traffic reaches) and their custom domains.
 //! Every read goes through `store::find_visible`, so a customer never sees another's app.
 
-pub mod hostname;
 pub mod routes;
 pub mod store;
 

@@ -11,7 +11,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{hostname, store, store::App, validate_backend, validate_name};
+use super::{store, store::App, validate_backend, validate_name};
 use crate::{
     accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
     audit::{self, Entry},
@@ -26,8 +26,6 @@ pub fn router() -> Router<AppState> {
         .route("/apps", get(apps_page).post(create_app_page))
         .route("/apps/{app}", get(app_page))
         .route("/apps/{app}/delete", post(delete_app_page))
-        .route("/apps/{app}/domains", post(add_domain_page))
-        .route("/apps/{app}/domains/remove", post(remove_domain_page))
         .route("/api/v1/apps", get(list_apps_api).post(create_app_api))
         .route(
             "/api/v1/apps/{app}",
@@ -36,14 +34,6 @@ pub fn router() -> Router<AppState> {
                 .patch(update_app_api),
         )
         .route("/apps/{app}/settings", post(settings_page))
-        .route(
-            "/api/v1/apps/{app}/domains",
-            get(list_domains_api).post(add_domain_api),
-        )
-        .route(
-            "/api/v1/apps/{app}/domains/{hostname}",
-            axum::routing::delete(remove_domain_api),
-        )
 }
 
 // ---- the actions, shared by pages and API ----
@@ -152,7 +142,7 @@ async fn update_app(
         ));
     }
     store::update(&state.db, app, &changes).await?;
-    republish(state, app).await?;
+    crate::domains::republish(state, app).await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "app.updated", "app", &app.name)
@@ -189,57 +179,6 @@ async fn backend_allowed(state: &AppState, backend: &str) -> AppResult<()> {
         .map_err(refused)
 }
 
-/// Tells the app's edge pair (if it has one) to fetch its configuration again.
-async fn republish(state: &AppState, app: &App) -> AppResult<()> {
-    if crate::edge::store::bump_config_of_app(&state.db, app.id).await? {
-        state.config_changed.notify_waiters();
-    }
-    Ok(())
-}
-
-async fn add_domain(
-    state: &AppState,
-    user: &User,
-    ip: ClientIp,
-    app: &App,
-    raw: &str,
-) -> AppResult<store::Domain> {
-    let host = hostname::normalize(raw).map_err(|m| {
-        AppError::unprocessable(ErrorItem::new("invalid_hostname", m).on("hostname"))
-    })?;
-    let domain = store::add_domain(&state.db, app, &host).await?;
-    republish(state, app).await?;
-    audit::record(
-        &state.db,
-        Entry::new(Some(user), "domain.added", "domain", &host)
-            .app(&app.name)
-            .ip(ip.0),
-    )
-    .await?;
-    Ok(domain)
-}
-
-async fn remove_domain(
-    state: &AppState,
-    user: &User,
-    ip: ClientIp,
-    app: &App,
-    raw: &str,
-) -> AppResult<()> {
-    let host = hostname::normalize(raw).unwrap_or_else(|_| raw.trim().to_lowercase());
-    if !store::remove_domain(&state.db, app, &host).await? {
-        return Err(AppError::not_found("domain"));
-    }
-    republish(state, app).await?;
-    audit::record(
-        &state.db,
-        Entry::new(Some(user), "domain.removed", "domain", &host)
-            .app(&app.name)
-            .ip(ip.0),
-    )
-    .await
-}
-
 // ---- pages ----
 
 struct AppRow {
@@ -271,14 +210,14 @@ async fn apps_listing(
 ) -> AppResult<(Vec<AppRow>, Option<String>)> {
     let (apps, next) = store::list_visible(&state.db, user, Page::new(cursor, None)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
-    let all_domains = store::domains_of(&state.db, &ids).await?;
+    let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
     let rows = apps
         .into_iter()
         .map(|app| AppRow {
             domains: all_domains
                 .iter()
-                .filter(|(id, _)| *id == app.id)
-                .map(|(_, h)| h.clone())
+                .filter(|d| d.app_id == app.id)
+                .map(|d| d.hostname.clone())
                 .collect(),
             app,
         })
@@ -349,27 +288,65 @@ async fn create_app_page(
 struct AppPage {
     chrome: Chrome,
     app: App,
-    domains: Vec<store::Domain>,
+    domains: Vec<DomainView>,
+    /// The DNS target customers point their domains at (a CNAME target or the pair's addresses).
+    target: Option<String>,
+    /// The app's platform hostname (`<app>.<CERTDROP_APPS_DOMAIN>`), where one is configured.
+    platform_hostname: Option<String>,
+    /// The viewer is not the owner (staff): domain changes need an audited reason.
+    on_behalf: bool,
     certs: Vec<crate::certs::store::Certificate>,
     statuses: std::collections::HashMap<i64, &'static str>,
     /// Whether the app holds an edge pair (TLS provisioned).
     provisioned: bool,
     monthly_price: String,
-    hostname: String,
+    extras: AppPageExtras,
     /// Revoked nodes that held the key the app serves now: the customer should replace it.
     exposed: Vec<crate::edge::custody::Revocation>,
     errors: FormErrors,
 }
 
-async fn render_app_page(
+/// One domain on the app page, with the records to create.
+struct DomainView {
+    domain: crate::domains::store::Domain,
+    txt_name: String,
+    /// Zone-file lines that point the domain here (none before there is a target).
+    records: Vec<String>,
+    /// At a zone apex, where a CNAME is not allowed: A/AAAA lines.
+    apex_records: Vec<String>,
+}
+
+/// What a form left on the app page: the hostname typed, and a removal waiting for its
+/// confirmation.
+#[derive(Default)]
+pub struct AppPageExtras {
+    pub hostname: String,
+    pub confirm_removal: Option<String>,
+}
+
+pub async fn render_app_page(
     state: &AppState,
     me: &SignedIn,
     app: App,
     status: StatusCode,
-    hostname: String,
+    extras: AppPageExtras,
     errors: FormErrors,
 ) -> PageResult {
-    let domains = store::domains(&state.db, &app).await?;
+    let target = crate::domains::target(state, &app).await?;
+    let line = |r: &crate::domains::DnsRecord| crate::domains::routes::record_line(r);
+    let domains = crate::domains::store::of_app(&state.db, &app)
+        .await?
+        .into_iter()
+        .map(|domain| DomainView {
+            txt_name: crate::domains::txt_name(&domain.hostname),
+            records: target.records(&domain.hostname).iter().map(line).collect(),
+            apex_records: match target.cname {
+                Some(_) => target.address_records(&domain.hostname).iter().map(line).collect(),
+                None => Vec::new(),
+            },
+            domain,
+        })
+        .collect();
     let (certs, _) =
         crate::certs::store::list_for_app(&state.db, &app, Page::new(None, None)?).await?;
     let statuses = crate::certs::store::statuses(&state.db, app.id).await?;
@@ -386,6 +363,9 @@ async fn render_app_page(
         status,
         &AppPage {
             chrome: me.chrome().await?,
+            target: crate::domains::routes::target_text(&target),
+            platform_hostname: crate::domains::platform_hostname(state, &app),
+            on_behalf: app.owner_id != me.user.id,
             app,
             domains,
             certs,
@@ -393,7 +373,7 @@ async fn render_app_page(
             provisioned,
             exposed,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
-            hostname,
+            extras,
             errors,
         },
     )?)
@@ -410,7 +390,7 @@ async fn app_page(
         &me,
         app,
         StatusCode::OK,
-        String::new(),
+        AppPageExtras::default(),
         FormErrors::default(),
     )
     .await
@@ -420,49 +400,6 @@ impl AppPage {
     fn status(&self, cert: &crate::certs::store::Certificate) -> &'static str {
         crate::certs::routes::status(&self.statuses, cert)
     }
-}
-
-#[derive(Deserialize)]
-struct DomainForm {
-    hostname: String,
-}
-
-async fn add_domain_page(
-    State(state): State<AppState>,
-    me: SignedIn,
-    ip: ClientIp,
-    Path(name): Path<String>,
-    CsrfForm(form): CsrfForm<DomainForm>,
-) -> PageResult {
-    let app = store::find_visible(&state.db, &me.user, &name).await?;
-    match add_domain(&state, &me.user, ip, &app, &form.hostname).await {
-        Ok(domain) => {
-            web::flash(&me.session, "ok", format!("{} added.", domain.hostname)).await?;
-            Ok(see_other(&format!("/apps/{}", app.name)))
-        }
-        Err(err) if err.status.is_client_error() => {
-            render_app_page(&state, &me, app, err.status, form.hostname, err.into()).await
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-async fn remove_domain_page(
-    State(state): State<AppState>,
-    me: SignedIn,
-    ip: ClientIp,
-    Path(name): Path<String>,
-    CsrfForm(form): CsrfForm<DomainForm>,
-) -> PageResult {
-    let app = store::find_visible(&state.db, &me.user, &name).await?;
-    remove_domain(&state, &me.user, ip, &app, &form.hostname).await?;
-    web::flash(
-        &me.session,
-        "ok",
-        format!("{} removed.", form.hostname.trim()),
-    )
-    .await?;
-    Ok(see_other(&format!("/apps/{}", app.name)))
 }
 
 async fn delete_app_page(
@@ -488,12 +425,14 @@ pub struct AppJson {
     force_https: bool,
     hsts_max_age: i64,
     domains: Vec<String>,
+    platform_hostname: Option<String>,
     created_at: String,
 }
 
 impl AppJson {
-    fn new(app: App, domains: Vec<String>) -> Self {
+    fn new(state: &AppState, app: App, domains: Vec<String>) -> Self {
         Self {
+            platform_hostname: crate::domains::platform_hostname(state, &app),
             name: app.name,
             backend_url: app.backend_url,
             owner: app.owner_email,
@@ -501,21 +440,6 @@ impl AppJson {
             hsts_max_age: app.hsts_max_age,
             domains,
             created_at: web::rfc3339(app.created_at),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct DomainJson {
-    hostname: String,
-    created_at: String,
-}
-
-impl From<store::Domain> for DomainJson {
-    fn from(d: store::Domain) -> Self {
-        Self {
-            hostname: d.hostname,
-            created_at: web::rfc3339(d.created_at),
         }
     }
 }
@@ -534,16 +458,16 @@ async fn list_apps_api(
     let (apps, next) =
         store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
-    let all_domains = store::domains_of(&state.db, &ids).await?;
+    let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
     let items: Vec<AppJson> = apps
         .into_iter()
         .map(|app| {
             let domains = all_domains
                 .iter()
-                .filter(|(id, _)| *id == app.id)
-                .map(|(_, h)| h.clone())
+                .filter(|d| d.app_id == app.id)
+                .map(|d| d.hostname.clone())
                 .collect();
-            AppJson::new(app, domains)
+            AppJson::new(&state, app, domains)
         })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
@@ -562,7 +486,7 @@ async fn create_app_api(
     Json(req): Json<CreateAppRequest>,
 ) -> AppResult<Response> {
     let app = create_app(&state, &user, ip, &req.name, &req.backend_url).await?;
-    Ok((StatusCode::CREATED, Json(AppJson::new(app, Vec::new()))).into_response())
+    Ok((StatusCode::CREATED, Json(AppJson::new(&state, app, Vec::new()))).into_response())
 }
 
 async fn show_app_api(
@@ -571,7 +495,8 @@ async fn show_app_api(
     Path(name): Path<String>,
 ) -> AppResult<Response> {
     let app = store::find_visible(&state.db, &user, &name).await?;
-    let domains = store::domains(&state.db, &app).await?;
+    let domains = crate::domains::store::of_app(&state.db, &app).await?;
+    let target = crate::domains::target(&state, &app).await?;
     let mut conn = state.db.acquire().await?;
     let serving = crate::tickets::store::deployed_certificate(&mut conn, app.id).await?;
     let provisioned = crate::edge::store::pair_of_app(&mut conn, app.id)
@@ -579,10 +504,12 @@ async fn show_app_api(
         .is_some();
     drop(conn);
     let mut body = serde_json::to_value(AppJson::new(
+        &state,
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
     ))
     .map_err(anyhow::Error::from)?;
+    body["dns_target"] = json!(target);
     body["provisioned"] = json!(provisioned);
     body["serving_certificate_id"] = json!(serving);
     body["pair_price"] = json!({
@@ -603,48 +530,6 @@ async fn delete_app_api(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_domains_api(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
-    Path(name): Path<String>,
-) -> AppResult<Response> {
-    let app = store::find_visible(&state.db, &user, &name).await?;
-    let items: Vec<DomainJson> = store::domains(&state.db, &app)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
-}
-
-#[derive(Deserialize)]
-struct AddDomainRequest {
-    hostname: String,
-}
-
-async fn add_domain_api(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
-    ip: ClientIp,
-    Path(name): Path<String>,
-    Json(req): Json<AddDomainRequest>,
-) -> AppResult<Response> {
-    let app = store::find_visible(&state.db, &user, &name).await?;
-    let domain = add_domain(&state, &user, ip, &app, &req.hostname).await?;
-    Ok((StatusCode::CREATED, Json(DomainJson::from(domain))).into_response())
-}
-
-async fn remove_domain_api(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
-    ip: ClientIp,
-    Path((name, host)): Path<(String, String)>,
-) -> AppResult<StatusCode> {
-    let app = store::find_visible(&state.db, &user, &name).await?;
-    remove_domain(&state, &user, ip, &app, &host).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 async fn update_app_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
@@ -655,8 +540,9 @@ async fn update_app_api(
     let app = store::find_visible(&state.db, &user, &name).await?;
     update_app(&state, &user, ip, &app, changes).await?;
     let app = store::find_visible(&state.db, &user, &name).await?;
-    let domains = store::domains(&state.db, &app).await?;
+    let domains = crate::domains::store::of_app(&state.db, &app).await?;
     Ok(Json(AppJson::new(
+        &state,
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
     ))
@@ -698,7 +584,15 @@ async fn settings_page(
             Ok(see_other(&format!("/apps/{}", app.name)))
         }
         Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
-            render_app_page(&state, &me, app, err.status, String::new(), err.into()).await
+            render_app_page(
+                &state,
+                &me,
+                app,
+                err.status,
+                AppPageExtras::default(),
+                err.into(),
+            )
+            .await
         }
         Err(err) => Err(err.into()),
     }

@@ -1,4 +1,4 @@
-//! SQL for apps and domains. Visibility is decided here: customers see their own apps only.
+//! SQL for apps. Visibility is decided here: customers see their own apps only.
 
 use serde::Serialize;
 use sqlx::{Row, any::AnyRow};
@@ -19,13 +19,6 @@ pub struct App {
     pub force_https: bool,
     /// HSTS max-age the edge sends while HTTPS is forced (0: no HSTS).
     pub hsts_max_age: i64,
-    pub created_at: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Domain {
-    pub id: i64,
-    pub hostname: String,
     pub created_at: i64,
 }
 
@@ -65,7 +58,7 @@ pub async fn create(db: &Db, owner: &User, name: &str, backend_url: &str) -> App
     find_by_id(db, id).await
 }
 
-async fn find_by_id(db: &Db, id: i64) -> AppResult<App> {
+pub async fn find_by_id(db: &Db, id: i64) -> AppResult<App> {
     let row = sqlx::query(&format!("SELECT {APP_COLUMNS} WHERE a.id = $1"))
         .bind(id)
         .fetch_one(db)
@@ -140,92 +133,4 @@ pub async fn update(db: &Db, app: &App, changes: &Changes) -> AppResult<()> {
     .execute(db)
     .await?;
     Ok(())
-}
-
-pub async fn domains(db: &Db, app: &App) -> AppResult<Vec<Domain>> {
-    let rows =
-        sqlx::query("SELECT id, hostname, created_at FROM domains WHERE app_id = $1 ORDER BY id")
-            .bind(app.id)
-            .fetch_all(db)
-            .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Domain {
-                id: row.try_get("id")?,
-                hostname: row.try_get("hostname")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
-}
-
-/// Domains of many apps in one query (no N+1 in listings).
-pub async fn domains_of(db: &Db, app_ids: &[i64]) -> AppResult<Vec<(i64, String)>> {
-    if app_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let placeholders: Vec<String> = (1..=app_ids.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT app_id, hostname FROM domains WHERE app_id IN ({}) ORDER BY id",
-        placeholders.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for id in app_ids {
-        query = query.bind(*id);
-    }
-    let rows = query.fetch_all(db).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("app_id")?, row.try_get("hostname")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
-}
-
-pub async fn add_domain(db: &Db, app: &App, hostname: &str) -> AppResult<Domain> {
-    let now = db::now();
-    let inserted = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO domains (app_id, hostname, created_at) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(app.id)
-    .bind(hostname)
-    .bind(now)
-    .fetch_one(db)
-    .await;
-    match inserted {
-        Ok(id) => Ok(Domain {
-            id,
-            hostname: hostname.to_string(),
-            created_at: now,
-        }),
-        Err(e) if db::is_unique_violation(&e) => {
-            let owner: Option<i64> =
-                sqlx::query_scalar("SELECT app_id FROM domains WHERE hostname = $1")
-                    .bind(hostname)
-                    .fetch_optional(db)
-                    .await?;
-            Err(if owner == Some(app.id) {
-                AppError::conflict("domain_exists", format!("{hostname} is already a domain of this app."))
-            } else {
-                AppError::conflict(
-                    "domain_taken",
-                    format!(
-                        "{hostname} is already attached to another app; a hostname serves one app only. \
-                         Remove it there first, or contact support if the domain is yours."
-                    ),
-                )
-            }
-            .on_field("hostname"))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Removes a domain; false when the app has no such domain.
-pub async fn remove_domain(db: &Db, app: &App, hostname: &str) -> AppResult<bool> {
-    let done = sqlx::query("DELETE FROM domains WHERE app_id = $1 AND hostname = $2")
-        .bind(app.id)
-        .bind(hostname)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected() == 1)
 }

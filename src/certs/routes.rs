@@ -122,11 +122,7 @@ async fn upload(
             ),
         ));
     }
-    let domains: Vec<String> = apps::store::domains(&state.db, app)
-        .await?
-        .into_iter()
-        .map(|d| d.hostname)
-        .collect();
+    let domains: Vec<String> = crate::domains::store::claimed_hostnames(&state.db, app).await?;
     let (vault, trust) = (state.vault.clone(), state.trust.clone());
     let checked = tokio::task::spawn_blocking(move || {
         let upload = Upload {
@@ -328,11 +324,7 @@ async fn upload_page(
     Path(name): Path<String>,
 ) -> PageResult {
     let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
-    let domains = apps::store::domains(&state.db, &app)
-        .await?
-        .into_iter()
-        .map(|d| d.hostname)
-        .collect();
+    let domains = crate::domains::store::claimed_hostnames(&state.db, &app).await?;
     Ok(render(&UploadPage {
         chrome: me.chrome().await?,
         app,
@@ -367,11 +359,7 @@ async fn upload_form(
             Ok(see_other(&format!("/certs/{}", cert.id)))
         }
         Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
-            let domains = apps::store::domains(&state.db, &app)
-                .await?
-                .into_iter()
-                .map(|d| d.hostname)
-                .collect();
+            let domains = crate::domains::store::claimed_hostnames(&state.db, &app).await?;
             Ok(render_status(
                 err.status,
                 &UploadPage {

@@ -201,7 +201,15 @@ impl Client {
     }
 }
 
-pub fn urlencode(s: &str) -> String {
+pub fn domain_path(app: &str, hostname: &str) -> String {
+    format!(
+        "/api/v1/apps/{}/domains/{}",
+        urlencode(app),
+        urlencode(hostname)
+    )
+}
+
+fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -279,32 +287,81 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if json {
                 return print_json(&items);
             }
-            let mut table = Table::new(&["Domain", "Added"]);
+            let mut table = Table::new(&["Domain", "Verification", "DNS record to create", "DNS"]);
             for d in &items {
-                table.row(vec![output::s(&d["hostname"]), output::s(&d["created_at"])]);
+                table.row(vec![
+                    output::s(&d["hostname"]),
+                    output::s(&d["verification"]["state"]),
+                    output::dns_records(&d["dns"]["records"]),
+                    output::dns_status(&d["dns"]),
+                ]);
             }
             table.print_or(&format!(
                 "No domains yet. Add one with `certdrop domains:add HOST --app {app}`."
             ));
+            for d in items.iter().filter(|d| d["verification"]["state"] == "pending") {
+                println!("\n{}", output::proof_steps(d, &app));
+            }
             Ok(())
         }
-        Command::DomainsAdd { hostname, app } => {
+        Command::DomainsAdd {
+            hostname,
+            app,
+            override_reason,
+        } => {
             let d = Client::configured()?
                 .post(
                     &format!("/api/v1/apps/{}/domains", urlencode(&app)),
-                    json!({"hostname": hostname}),
+                    json!({"hostname": hostname, "override_reason": override_reason}),
                 )
                 .await?;
-            println!("Added {} to {app}.", output::s(&d["hostname"]));
+            println!("Added {} to {app}.\n\n{}", output::s(&d["hostname"]), output::proof_steps(&d, &app));
             Ok(())
         }
-        Command::DomainsRemove { hostname, app } => {
+        Command::DomainsVerify {
+            hostname,
+            app,
+            override_reason,
+        } => {
+            let d = Client::configured()?
+                .post(
+                    &format!("{}/verify", domain_path(&app, &hostname)),
+                    json!({"override_reason": override_reason}),
+                )
+                .await?;
+            println!(
+                "{} is verified: it is served as soon as a deployed certificate covers it.",
+                output::s(&d["hostname"])
+            );
+            Ok(())
+        }
+        Command::DomainsCheck { hostname, app } => {
+            let d = Client::configured()?
+                .post(&format!("{}/dns-check", domain_path(&app, &hostname)), json!({}))
+                .await?;
+            println!("{}: {}", output::s(&d["hostname"]), output::dns_status(&d["dns"]));
+            let records = output::dns_records(&d["dns"]["records"]);
+            if !records.is_empty() {
+                println!("Record to create: {records}");
+            }
+            Ok(())
+        }
+        Command::DomainsRemove {
+            hostname,
+            app,
+            confirm,
+            override_reason,
+        } => {
+            let mut query = Vec::new();
+            if let Some(confirm) = &confirm {
+                query.push(format!("confirm={}", urlencode(confirm)));
+            }
+            if let Some(reason) = &override_reason {
+                query.push(format!("override_reason={}", urlencode(reason)));
+            }
+            let path = domain_path(&app, &hostname);
             Client::configured()?
-                .delete(&format!(
-                    "/api/v1/apps/{}/domains/{}",
-                    urlencode(&app),
-                    urlencode(&hostname)
-                ))
+                .delete(&if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) })
                 .await?;
             println!("Removed {hostname} from {app}.");
             Ok(())

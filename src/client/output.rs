@@ -116,3 +116,38 @@ pub fn print_report(cert: &Value) {
 pub fn yes_no(v: &Value) -> String {
     if v == true { "True" } else { "False" }.to_string()
 }
+
+/// DNS records as zone-file lines joined by `; ` (empty before there is a target).
+pub fn dns_records(records: &Value) -> String {
+    records
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|r| format!("{} {} {}", s(&r["name"]), s(&r["type"]), s(&r["value"])))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// A domain's DNS status as people say it: `points here`, `points elsewhere (CNAME x)`.
+pub fn dns_status(dns: &Value) -> String {
+    let state = s(&dns["state"]).replace('_', " ");
+    match s(&dns["seen"]) {
+        seen if state == "points elsewhere" && !seen.is_empty() => format!("{state} ({seen})"),
+        _ => state,
+    }
+}
+
+/// What to do to prove a pending domain: the TXT record to create and the command after.
+pub fn proof_steps(domain: &Value, app: &str) -> String {
+    let v = &domain["verification"];
+    format!(
+        "To prove {host} is yours, create this TXT record at your DNS provider:\n  {name} TXT \"{value}\"\nthen run `certdrop domains:verify {host} --app {app}` (certdrop also checks every few minutes; the claim expires {expires}).",
+        host = s(&domain["hostname"]),
+        name = s(&v["txt_name"]),
+        value = s(&v["txt_value"]),
+        expires = s(&v["expires_at"]),
+    )
+}

@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use super::{NodeState, custody, session_keys, store, verify};
 use crate::{
-    apps::hostname,
+    domains::hostname,
     audit::{self, Entry},
     certs,
     db::{self},
@@ -358,11 +358,9 @@ async fn verify_nodes(
 ) -> anyhow::Result<Result<(), String>> {
     let pair = store::pair(&state.db, job.pair_id).await?;
     let app_id = pair.app_id.context("the pair lost its app")?;
-    let domains: Vec<String> =
-        sqlx::query_scalar("SELECT hostname FROM domains WHERE app_id = $1 ORDER BY id")
-            .bind(app_id)
-            .fetch_all(&state.db)
-            .await?;
+    let mut conn = state.db.acquire().await?;
+    let domains = crate::domains::store::verified_hostnames(&mut conn, app_id).await?;
+    drop(conn);
     let (expected, names) = match job.target {
         Some(cert) => {
             let c: (String, String) =
@@ -429,7 +427,7 @@ async fn verify_nodes(
     }
     if names.is_empty() && kind != TicketKind::Remove {
         return Ok(Err(
-            "the certificate covers none of the app's current domains; nothing could be verified"
+            "the certificate covers none of the app's verified domains; nothing could be verified"
                 .into(),
         ));
     }
@@ -455,6 +453,10 @@ async fn succeed(
     job: &Job,
     ticket: &tickets::store::Ticket,
 ) -> anyhow::Result<()> {
+    let dns_lines = match ticket.kind {
+        TicketKind::Remove => Vec::new(),
+        _ => crate::domains::instructions(state, ticket.app_id).await?,
+    };
     let mut tx = state.db.begin().await?;
     match tickets::store::transition(&mut tx, ticket.id, TicketState::Deployed, None, None).await {
         Ok(_) => {}
@@ -491,11 +493,14 @@ async fn succeed(
         ),
         _ => (
             format!("{}: certificate deployed and verified", ticket.app),
-            vec![format!(
+            [format!(
                 "Your {} ticket for {} is deployed: both edge servers were checked with a TLS handshake and serve the approved certificate.",
                 ticket.kind.as_str(),
                 ticket.app
-            )],
+            )]
+            .into_iter()
+            .chain(dns_lines)
+            .collect(),
         ),
     };
     let mail = tickets::customer_mail(state, ticket, subject, lines);

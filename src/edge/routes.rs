@@ -22,7 +22,7 @@ use crate::{
         ApiCredential, ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp,
         second_factor::Credential,
     },
-    apps::hostname,
+    domains::hostname,
     audit::{self, Entry},
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
@@ -525,11 +525,10 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
     ) {
         let sans: Vec<String> =
             serde_json::from_str(&row.try_get::<String, _>("sans")?).unwrap_or_default();
-        let domains: Vec<String> =
-            sqlx::query_scalar("SELECT hostname FROM domains WHERE app_id = $1 ORDER BY id")
-                .bind(app_id)
-                .fetch_all(&state.db)
-                .await?;
+        // Only names their owner has proved: a pending claim is never served.
+        let mut conn = state.db.acquire().await?;
+        let domains = crate::domains::store::verified_hostnames(&mut conn, app_id).await?;
+        drop(conn);
         sites.push(Site {
             app: row.try_get("app")?,
             hostnames: domains

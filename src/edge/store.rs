@@ -422,3 +422,36 @@ pub async fn node_addresses(db: &Db) -> AppResult<Vec<std::net::SocketAddr>> {
         .filter_map(|a| a.parse().ok())
         .collect())
 }
+
+/// The hosts (names or IP literals, without ports) that the TLS addresses of the app's pair
+/// advertise, revoked nodes left out: where the app's domains should point.
+pub async fn advertised_hosts(conn: &mut AnyConnection, app_id: i64) -> AppResult<Vec<String>> {
+    let addresses: Vec<String> = sqlx::query_scalar(
+        "SELECT n.address FROM edge_nodes n JOIN edge_pairs p ON p.id = n.pair_id \
+         WHERE p.app_id = $1 AND n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY n.slot",
+    )
+    .bind(app_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(addresses
+        .iter()
+        .map(|a| match a.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+            _ => a.as_str(),
+        })
+        .map(|host| host.trim_matches(['[', ']']).to_string())
+        .collect())
+}
+
+/// The names (SANs) of the certificate the app's pair serves now; none without one.
+pub async fn served_names(conn: &mut AnyConnection, app_id: i64) -> AppResult<Vec<String>> {
+    let sans: Option<String> = sqlx::query_scalar(
+        "SELECT c.sans FROM edge_pairs p JOIN certificates c ON c.id = p.certificate_id WHERE p.app_id = $1",
+    )
+    .bind(app_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(sans
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default())
+}

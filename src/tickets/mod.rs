@@ -84,6 +84,20 @@ pub async fn open(
                     "This certificate has expired since it was uploaded; upload a current one.",
                 )));
             }
+            let verified = crate::domains::store::verified_hostnames(&mut conn, app.id).await?;
+            if !verified.iter().any(|d| {
+                cert.sans
+                    .iter()
+                    .any(|san| crate::domains::hostname::covers(san, d))
+            }) {
+                return Err(AppError::conflict(
+                    "domain_unverified",
+                    format!(
+                        "None of the domains this certificate covers is verified yet, so the edge servers would have nothing to serve. On the app page, create the TXT record shown for each domain and choose “Verify” (or `certdrop domains:verify HOST --app {}`), then open the ticket again.",
+                        app.name
+                    ),
+                ));
+            }
             if kind == TicketKind::Provision && (holds_pair || serving.is_some()) {
                 return Err(AppError::conflict(
                     "already_provisioned",

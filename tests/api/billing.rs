@@ -53,7 +53,7 @@ db_test! {
         let backend = echo_backend().await;
         let ann = app.api_user("ann@example.com", Role::Customer).await;
         ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
-        ann.post("/api/v1/apps/shop/domains", json!({"hostname": "www.example.com"})).await;
+        ann.add_domain("shop", "www.example.com").await;
         let leaf = pki::leaf(&["www.example.com"], &pki::root("Billing Root"), Alg::P256);
         let cert = ann.upload_id("shop", &leaf, b"").await;
 

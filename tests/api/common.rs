@@ -195,6 +195,8 @@ pub struct TestApp {
     pub database: TestDatabase,
     authenticators: std::sync::Mutex<HashMap<String, Arc<Authenticator>>>,
     crew: tokio::sync::OnceCell<(Api, Api)>,
+    /// The DNS server certdrop asks (`CERTDROP_DNS_RESOLVER`); tests edit its zone.
+    pub dns: crate::dns_server::TestDns,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -219,6 +221,8 @@ impl TestApp {
         config.db_backend = database.backend;
         // Backends and edge nodes all live on loopback here.
         config.allow_private_backends = true;
+        let dns = crate::dns_server::TestDns::start();
+        config.dns_resolver = Some(dns.addr);
         tweak(&mut config);
         let app = Application::build(config)
             .await
@@ -241,8 +245,17 @@ impl TestApp {
             database,
             authenticators: Default::default(),
             crew: Default::default(),
+            dns,
             _server: server,
         })
+    }
+
+    /// The database engine this app runs on, to spawn another like it.
+    pub fn backend(&self) -> Backend {
+        match self.database.backend {
+            certdrop::config::DbBackend::Sqlite => Backend::Sqlite,
+            certdrop::config::DbBackend::Postgres => Backend::Postgres,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -322,6 +335,7 @@ impl TestApp {
             base: self.address.clone(),
             token: Some(resp.json["token"].as_str().unwrap().to_string()),
             http: reqwest::Client::new(),
+            zone: Some(self.dns.zone.clone()),
         }
     }
 
@@ -330,6 +344,7 @@ impl TestApp {
             base: self.address.clone(),
             token: None,
             http: reqwest::Client::new(),
+            zone: Some(self.dns.zone.clone()),
         }
     }
 
@@ -408,6 +423,8 @@ pub struct Api {
     pub base: String,
     pub token: Option<String>,
     pub http: reqwest::Client,
+    /// The zone of the test's DNS server, where the owner publishes ownership proofs.
+    pub zone: Option<crate::dns_server::DnsZone>,
 }
 
 impl Api {
@@ -417,7 +434,27 @@ impl Api {
             base: base.to_string(),
             token: None,
             http: reqwest::Client::new(),
+            zone: None,
         }
+    }
+
+    /// Proves ownership of a claimed domain as its owner would: publishes the TXT record the
+    /// API asks for in the test's DNS zone, then asks certdrop to verify it.
+    pub async fn prove_domain(&self, app: &str, hostname: &str) {
+        let path = format!("/api/v1/apps/{app}/domains/{hostname}");
+        let domain = self.get(&path).await;
+        assert_eq!(domain.status, StatusCode::OK, "{}", domain.body);
+        let v = &domain.json["verification"];
+        if v["state"] == "verified" {
+            return;
+        }
+        self.zone.as_ref().expect("a client of a TestApp").txt(
+            v["txt_name"].as_str().unwrap(),
+            v["txt_value"].as_str().unwrap(),
+        );
+        let resp = self.post(&format!("{path}/verify"), serde_json::json!({})).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+        assert_eq!(resp.json["verification"]["state"], "verified");
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -462,14 +499,21 @@ impl Api {
             .await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
         for d in domains {
-            let resp = self
-                .post(
-                    &format!("/api/v1/apps/{name}/domains"),
-                    serde_json::json!({"hostname": d}),
-                )
-                .await;
-            assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+            self.add_domain(name, d).await;
         }
+    }
+
+    /// Adds a domain to an app and proves it is the owner's, as a customer would.
+    pub async fn add_domain(&self, app: &str, hostname: &str) {
+        let resp = self
+            .post(
+                &format!("/api/v1/apps/{app}/domains"),
+                serde_json::json!({"hostname": hostname}),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        self.prove_domain(app, resp.json["hostname"].as_str().unwrap())
+            .await;
     }
 }
 
@@ -656,6 +700,8 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     pub address: String,
     pub log: std::path::PathBuf,
+    /// The DNS server this process asks.
+    pub dns: crate::dns_server::TestDns,
 }
 
 impl ServerProcess {
@@ -663,12 +709,14 @@ impl ServerProcess {
     pub fn start(data_dir: &std::path::Path, database_url: &str, env: &[(&str, &str)]) -> Self {
         let log = data_dir.with_extension(format!("{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).unwrap();
+        let dns = crate::dns_server::TestDns::start();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certdrop"))
             .arg("serve")
             .env("CERTDROP_DATA_DIR", data_dir)
             .env("CERTDROP_DATABASE_URL", database_url)
             .env("CERTDROP_LISTEN", "127.0.0.1:0")
             .env("CERTDROP_ALLOW_PRIVATE_BACKENDS", "true")
+            .env("CERTDROP_DNS_RESOLVER", dns.addr.to_string())
             .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -686,6 +734,7 @@ impl ServerProcess {
                     child,
                     address: format!("http://{addr}"),
                     log,
+                    dns,
                 };
             }
             if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
@@ -707,9 +756,9 @@ impl ServerProcess {
 
     pub fn api(&self, token: Option<String>) -> Api {
         Api {
-            base: self.address.clone(),
             token,
-            http: reqwest::Client::new(),
+            zone: Some(self.dns.zone.clone()),
+            ..Api::new(&self.address)
         }
     }
 }
@@ -881,11 +930,7 @@ pub async fn cli_user(base: &str, env: &[(&str, String)], email: &str, role: &st
         Some(uri) => Some(Authenticator::from_text(uri).code().await),
         None => None,
     };
-    let mut api = Api {
-        base: base.to_string(),
-        token: None,
-        http: reqwest::Client::new(),
-    };
+    let mut api = Api::new(base);
     let resp = api
         .post(
             "/api/v1/tokens",

@@ -126,11 +126,7 @@ pub async fn serve_shop(
         )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    ann.post(
-        "/api/v1/apps/shop/domains",
-        json!({"hostname": "www.example.com"}),
-    )
-    .await;
+    ann.add_domain("shop", "www.example.com").await;
     let cert = ann.upload_id("shop", leaf, chain_pem).await;
     let ticket = ann.open_ticket("shop", "provision", Some(cert)).await;
     let sam = app.api_user("sam@example.com", Role::Staff).await;
@@ -222,7 +218,7 @@ db_test! {
         let resp = ann.post("/api/v1/apps", json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
         assert_eq!(resp.status, StatusCode::CREATED);
         for host in ["www.example.com", "*.shop.example.com"] {
-            ann.post("/api/v1/apps/shop/domains", json!({"hostname": host})).await;
+            ann.add_domain("shop", host).await;
         }
         let root = pki::root("Edge Test Root");
         let inter = pki::intermediate("Edge Test Intermediate", &root);
@@ -384,7 +380,7 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
         ("CERTDROP_DATA_DIR", data.path().display().to_string()),
         ("CERTDROP_DATABASE_URL", database.url.clone()),
     ];
-    let ann = cli_user(&server.address, &cli_env, "ann@example.com", "customer").await;
+    let ann = server.api(cli_user(&server.address, &cli_env, "ann@example.com", "customer").await.token);
     let staff = cli_user(&server.address, &cli_env, "sam@example.com", "staff").await;
     let ops = cli_user(&server.address, &cli_env, "ops@example.com", "staff").await;
     let keys = cli_user(&server.address, &cli_env, "keys@example.com", "admin").await;
@@ -395,11 +391,7 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
         json!({"name": "shop", "backend_url": format!("http://{backend_addr}")}),
     )
     .await;
-    ann.post(
-        "/api/v1/apps/shop/domains",
-        json!({"hostname": "www.example.com"}),
-    )
-    .await;
+    ann.add_domain("shop", "www.example.com").await;
     let root = pki::root("Crash Test Root");
     let leaf = pki::leaf(&["www.example.com"], &root, Alg::P256);
     let cert = ann.upload_id("shop", &leaf, b"").await;

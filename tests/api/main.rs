@@ -9,6 +9,8 @@ mod browser;
 mod certs;
 mod cli;
 mod custody;
+mod dns_server;
+mod domains;
 mod edge;
 mod edge_limits;
 mod edge_support;
