@@ -169,6 +169,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask for an uploaded certificate to be deployed (a provision ticket, or an update
+    /// ticket when the app already serves one).
+    #[command(name = "certs:deploy")]
+    CertsDeploy {
+        /// The certificate's id, as `certdrop certs` shows it.
+        id: i64,
+        #[arg(long)]
+        app: String,
+    },
     /// Open a ticket to return to the previously deployed certificate.
     #[command(name = "certs:rollback")]
     CertsRollback {

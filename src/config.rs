@@ -65,7 +65,9 @@ fn read_var(name: &str) -> anyhow::Result<Option<String>> {
 fn parse_apps_domain(raw: &str) -> anyhow::Result<String> {
     match crate::domains::hostname::normalize(raw) {
         Ok(name) if !name.starts_with("*.") => Ok(name),
-        Ok(_) => bail!("CERTDROP_APPS_DOMAIN: give the domain itself (apps.example.net), not a wildcard"),
+        Ok(_) => {
+            bail!("CERTDROP_APPS_DOMAIN: give the domain itself (apps.example.net), not a wildcard")
+        }
         Err(why) => bail!("CERTDROP_APPS_DOMAIN: {why}"),
     }
 }
@@ -73,9 +75,14 @@ fn parse_apps_domain(raw: &str) -> anyhow::Result<String> {
 /// A DNS server as `IP:PORT` (or an IP, port 53).
 fn parse_dns_resolver(raw: &str) -> anyhow::Result<SocketAddr> {
     raw.parse()
-        .or_else(|_| raw.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .or_else(|_| {
+            raw.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
         .map_err(|_| {
-            anyhow::anyhow!("CERTDROP_DNS_RESOLVER: `{raw}` is not IP:PORT; use e.g. 127.0.0.53:53 or 9.9.9.9")
+            anyhow::anyhow!(
+                "CERTDROP_DNS_RESOLVER: `{raw}` is not IP:PORT; use e.g. 127.0.0.53:53 or 9.9.9.9"
+            )
         })
 }
 

@@ -6,12 +6,12 @@
 use std::sync::OnceLock;
 
 use crate::{
-    domains::hostname,
     certs::{
         intake::{Upload, check},
         pem,
         trust::TrustStore,
     },
+    domains::hostname,
     edge::{NodeConfig, node::Sites},
 };
 

@@ -19,10 +19,10 @@ pub mod client;
 pub mod config;
 /// Pool, migrations, pagination.
 pub mod db;
-/// Custom domains: claims, ownership proof (TXT), DNS targets and status, and who may serve a name.
-pub mod domains;
 /// The little DER certdrop writes and reads by hand.
 pub mod der;
+/// Custom domains: claims, ownership proof (TXT), DNS targets and status, and who may serve a name.
+pub mod domains;
 /// Edge pairs, the deploy worker, handshake verification, session ticket keys, OCSP stapling,
 /// and the edge node itself.
 pub mod edge;

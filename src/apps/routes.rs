@@ -341,7 +341,11 @@ pub async fn render_app_page(
             txt_name: crate::domains::txt_name(&domain.hostname),
             records: target.records(&domain.hostname).iter().map(line).collect(),
             apex_records: match target.cname {
-                Some(_) => target.address_records(&domain.hostname).iter().map(line).collect(),
+                Some(_) => target
+                    .address_records(&domain.hostname)
+                    .iter()
+                    .map(line)
+                    .collect(),
                 None => Vec::new(),
             },
             domain,
@@ -486,7 +490,11 @@ async fn create_app_api(
     Json(req): Json<CreateAppRequest>,
 ) -> AppResult<Response> {
     let app = create_app(&state, &user, ip, &req.name, &req.backend_url).await?;
-    Ok((StatusCode::CREATED, Json(AppJson::new(&state, app, Vec::new()))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(AppJson::new(&state, app, Vec::new())),
+    )
+        .into_response())
 }
 
 async fn show_app_api(

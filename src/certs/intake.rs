@@ -14,7 +14,7 @@ use super::{
     trust::{Trust, TrustStore},
     x509::CertInfo,
 };
-use crate::{domains::hostname, der, error::ErrorItem, vault::PlainKey};
+use crate::{der, domains::hostname, error::ErrorItem, vault::PlainKey};
 
 pub struct Upload<'a> {
     pub certificate: &'a [u8],

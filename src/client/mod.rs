@@ -299,7 +299,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             table.print_or(&format!(
                 "No domains yet. Add one with `certdrop domains:add HOST --app {app}`."
             ));
-            for d in items.iter().filter(|d| d["verification"]["state"] == "pending") {
+            for d in items
+                .iter()
+                .filter(|d| d["verification"]["state"] == "pending")
+            {
                 println!("\n{}", output::proof_steps(d, &app));
             }
             Ok(())
@@ -315,7 +318,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     json!({"hostname": hostname, "override_reason": override_reason}),
                 )
                 .await?;
-            println!("Added {} to {app}.\n\n{}", output::s(&d["hostname"]), output::proof_steps(&d, &app));
+            println!(
+                "Added {} to {app}.\n\n{}",
+                output::s(&d["hostname"]),
+                output::proof_steps(&d, &app)
+            );
             Ok(())
         }
         Command::DomainsVerify {
@@ -337,9 +344,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::DomainsCheck { hostname, app } => {
             let d = Client::configured()?
-                .post(&format!("{}/dns-check", domain_path(&app, &hostname)), json!({}))
+                .post(
+                    &format!("{}/dns-check", domain_path(&app, &hostname)),
+                    json!({}),
+                )
                 .await?;
-            println!("{}: {}", output::s(&d["hostname"]), output::dns_status(&d["dns"]));
+            println!(
+                "{}: {}",
+                output::s(&d["hostname"]),
+                output::dns_status(&d["dns"])
+            );
             let records = output::dns_records(&d["dns"]["records"]);
             if !records.is_empty() {
                 println!("Record to create: {records}");
@@ -361,7 +375,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
             let path = domain_path(&app, &hostname);
             Client::configured()?
-                .delete(&if query.is_empty() { path } else { format!("{path}?{}", query.join("&")) })
+                .delete(&if query.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", query.join("&"))
+                })
                 .await?;
             println!("Removed {hostname} from {app}.");
             Ok(())
@@ -408,6 +426,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             bypass,
             json,
         } => upload_and_open(&app, &files, bypass, json, Some("update")).await,
+        Command::CertsDeploy { id, app } => {
+            deploy_uploaded(&Client::configured()?, &app, id, None, false).await
+        }
         Command::CertsRollback { app } => {
             open_ticket(&Client::configured()?, &app, "rollback", None).await
         }
@@ -626,6 +647,21 @@ async fn upload_and_open(
     } else {
         output::print_report(&report);
     }
+    let id = report["id"]
+        .as_i64()
+        .context("the upload answered no certificate id")?;
+    deploy_uploaded(&client, app, id, kind, json).await
+}
+
+/// Opens the ticket that deploys uploaded certificate `id`: a provision ticket (after saying
+/// its price) or an update. When none of its domains is proved yet, says how to prove them.
+async fn deploy_uploaded(
+    client: &Client,
+    app: &str,
+    id: i64,
+    kind: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let info = client
         .get(&format!("/api/v1/apps/{}", urlencode(app)))
         .await?;
@@ -644,7 +680,23 @@ async fn upload_and_open(
             )
         );
     }
-    open_ticket(&client, app, kind, report["id"].as_i64()).await
+    match open_ticket(client, app, kind, Some(id)).await {
+        Err(err) if err.to_string().contains("domain_unverified") => {
+            let domains = client
+                .list_all(&format!("/api/v1/apps/{}/domains", urlencode(app)))
+                .await?;
+            let steps: Vec<String> = domains
+                .iter()
+                .filter(|d| d["verification"]["state"] == "pending")
+                .map(|d| output::proof_steps(d, app))
+                .collect();
+            bail!(
+                "Certificate #{id} is stored, but no ticket was opened: none of the domains it covers is proved yours yet.\n\n{}\n\nThen ask for it again with `certdrop certs:deploy {id} --app {app}`.",
+                steps.join("\n\n")
+            )
+        }
+        other => other,
+    }
 }
 
 async fn open_ticket(

@@ -55,7 +55,9 @@ impl Resolver {
                 TokioConnectionProvider::default(),
             )),
             None => TokioResolver::builder_tokio().map_err(|e| {
-                format!("the system's DNS configuration cannot be read ({e}); set CERTDROP_DNS_RESOLVER")
+                format!(
+                    "the system's DNS configuration cannot be read ({e}); set CERTDROP_DNS_RESOLVER"
+                )
             }),
         };
         Self(builder.map(|b| b.with_options(options).build()))

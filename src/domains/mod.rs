@@ -299,7 +299,8 @@ async fn blocking_claim(
         .await?
         .into_iter()
         .find(|(other, owner)| {
-            other == hostname || (*owner != app.owner_id && !overridden && overlaps(other, hostname))
+            other == hostname
+                || (*owner != app.owner_id && !overridden && overlaps(other, hostname))
         })
         .map(|(other, _)| other))
 }
@@ -465,7 +466,9 @@ pub async fn verify(
         Verification::Expired => {
             return Err(AppError::conflict(
                 "claim_expired",
-                format!("The claim on {host} expired unproven after 7 days. Add the domain again to get a new token."),
+                format!(
+                    "The claim on {host} expired unproven after 7 days. Add the domain again to get a new token."
+                ),
             ));
         }
         Verification::Pending => {}
@@ -575,10 +578,7 @@ mod tests {
 
     #[test]
     fn proofs_live_at_the_base_name() {
-        assert_eq!(
-            txt_name("*.a.example"),
-            "_certdrop-challenge.a.example"
-        );
+        assert_eq!(txt_name("*.a.example"), "_certdrop-challenge.a.example");
         assert_eq!(
             txt_name("www.a.example"),
             "_certdrop-challenge.www.a.example"
@@ -612,7 +612,10 @@ mod tests {
             target.judge(&seen(&["old.host.example"], &["198.51.100.7"])),
             DnsState::PointsElsewhere
         );
-        assert_eq!(target.records("www.shop.example")[0].value, "shop.apps.example.net");
+        assert_eq!(
+            target.records("www.shop.example")[0].value,
+            "shop.apps.example.net"
+        );
         assert_eq!(target.address_records("shop.example").len(), 2);
     }
 }

@@ -26,10 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app}/domains/remove", post(remove_page))
         .route("/apps/{app}/domains/verify", post(verify_page))
         .route("/apps/{app}/domains/dns-check", post(dns_check_page))
-        .route(
-            "/api/v1/apps/{app}/domains",
-            get(list_api).post(add_api),
-        )
+        .route("/api/v1/apps/{app}/domains", get(list_api).post(add_api))
         .route(
             "/api/v1/apps/{app}/domains/{hostname}",
             get(show_api).delete(remove_api),

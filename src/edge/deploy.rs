@@ -12,10 +12,10 @@ use sqlx::Row;
 
 use super::{NodeState, custody, session_keys, store, verify};
 use crate::{
-    domains::hostname,
     audit::{self, Entry},
     certs,
     db::{self},
+    domains::hostname,
     mail,
     state::AppState,
     tickets::{

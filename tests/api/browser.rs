@@ -435,8 +435,20 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         chrome.wait_for_path("/apps/shop").await;
     }
     assert!(chrome.text().await.contains("No certificates yet"));
+    // Each domain waits for its proof; the page shows the TXT record to create, copyable.
+    let page = chrome.text().await;
+    let record = page
+        .lines()
+        .find(|l| l.starts_with("_certdrop-challenge.www.example.com TXT \""))
+        .unwrap_or_else(|| panic!("the TXT record to create is shown:\n{page}"));
+    let token = record.split('"').nth(1).unwrap().to_string();
     chrome.check_page("app page").await;
     chrome.shot("03-app").await;
+    app.dns.txt("_certdrop-challenge.www.example.com", &token);
+    chrome.click("Verify www.example.com").await;
+    let page = chrome.text().await;
+    assert!(page.contains("www.example.com is verified"), "{page}");
+    chrome.shot("03b-domain-verified").await;
     chrome.upload("shop", &cert1, &key1, Some(&chain)).await;
     let report = chrome.text().await;
     assert!(chrome.path().await.starts_with("/certs/"), "{report}");
@@ -498,6 +510,21 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         .sign_in("ann@example.com", "correct horse battery")
         .await;
     chrome.goto("/apps/shop").await;
+    // Where to point DNS is on the app page now, and its status follows the zone.
+    let page = chrome.text().await;
+    assert!(page.contains("www.example.com A 127.0.0.1"), "{page}");
+    chrome.click("Check DNS now for www.example.com").await;
+    let page = chrome.text().await;
+    assert!(page.contains("www.example.com: no record."), "{page}");
+    app.dns.address("www.example.com", "127.0.0.1");
+    chrome.click("Check DNS now for www.example.com").await;
+    let page = chrome.text().await;
+    assert!(
+        page.contains("www.example.com points here (127.0.0.1)"),
+        "{page}"
+    );
+    chrome.check_page("app page with DNS").await;
+    chrome.shot("09a-dns-points-here").await;
     assert!(chrome.text().await.contains("deployed"));
     chrome.shot("09-app-deployed").await;
     chrome

@@ -113,7 +113,12 @@ db_test! {
         let password = out.lines().find_map(|l| l.split(": ").nth(1)).unwrap().trim().to_string();
         assert!(certdrop(&app, dir, &["login", "--email", "ann@example.com", "--password-stdin"], Some(&password)).0);
         assert!(certdrop(&app, dir, &["apps:create", "shop", "--backend", "http://10.0.0.5:8000"], None).0);
-        assert!(certdrop(&app, dir, &["domains:add", "www.example.com", "--app", "shop"], None).0);
+        let (ok, added, err) = certdrop(&app, dir, &["domains:add", "www.example.com", "--app", "shop"], None);
+        assert!(ok, "{err}");
+        // The CLI says which TXT record proves the domain, and how to check it.
+        let record = added.lines().find(|l| l.trim_start().starts_with("_certdrop-challenge.www.example.com TXT")).unwrap_or_else(|| panic!("{added}"));
+        let token = record.split('"').nth(1).unwrap().to_string();
+        assert!(added.contains("certdrop domains:verify www.example.com --app shop"), "{added}");
 
         let root = crate::pki::root("Test Root");
         let inter = crate::pki::intermediate("Test Intermediate", &root);
@@ -123,10 +128,24 @@ db_test! {
         let chain = crate::pki::write(files.path(), "chain.pem", inter.pem().as_bytes());
         let key = crate::pki::write(files.path(), "server.key", leaf.key_pem.as_bytes());
         let path = |n: &str| files.path().join(n).display().to_string();
+        // Uploaded before the domain is proved: stored, reported, and no ticket yet.
         let (ok, out, err) = certdrop(&app, dir, &["certs:add", &path(&crt), &path(&chain), &path(&key), "--app", "shop"], None);
-        assert!(ok, "{err}");
+        assert!(!ok, "{out}");
         assert!(out.contains("www.example.com") && out.contains("rsa-2048") && out.contains(&leaf.fingerprint()), "{out}");
         assert!(out.contains("chain_incomplete"), "warnings are shown: {out}");
+        assert!(err.contains("no ticket was opened") && err.contains(&token) && err.contains("certdrop certs:deploy 1 --app shop"), "{err}");
+        assert_eq!(app.count("SELECT COUNT(*) FROM tickets").await, 0);
+
+        // Proved with the record, then deployed as the CLI said.
+        let (ok, _, err) = certdrop(&app, dir, &["domains:verify", "www.example.com", "--app", "shop"], None);
+        assert!(!ok && err.contains("verification_failed"), "{err}");
+        app.dns.txt("_certdrop-challenge.www.example.com", &token);
+        let (ok, out, err) = certdrop(&app, dir, &["domains:verify", "www.example.com", "--app", "shop"], None);
+        assert!(ok && out.contains("is verified"), "{err}");
+        let (ok, out, err) = certdrop(&app, dir, &["domains", "--app", "shop"], None);
+        assert!(ok && out.contains("verified") && out.contains("DNS"), "{out}{err}");
+        let (ok, out, err) = certdrop(&app, dir, &["certs:deploy", "1", "--app", "shop"], None);
+        assert!(ok && out.contains("Ticket #1 opened (provision)"), "{out}{err}");
         let (ok, out, _) = certdrop(&app, dir, &["certs", "--app", "shop"], None);
         assert!(ok);
         for column in ["Common Name", "Domains", "Expires", "Trusted", "Status", "www.example.com", "False"] {

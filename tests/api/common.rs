@@ -452,7 +452,9 @@ impl Api {
             v["txt_name"].as_str().unwrap(),
             v["txt_value"].as_str().unwrap(),
         );
-        let resp = self.post(&format!("{path}/verify"), serde_json::json!({})).await;
+        let resp = self
+            .post(&format!("{path}/verify"), serde_json::json!({}))
+            .await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
         assert_eq!(resp.json["verification"]["state"], "verified");
     }

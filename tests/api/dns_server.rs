@@ -143,7 +143,11 @@ fn answer(zone: &Zone, query: &Message) -> Message {
             _ => None,
         });
         if let Some(target) = cname {
-            response.add_answer(Record::from_rdata(owner.clone(), 60, RData::CNAME(CNAME(target.clone()))));
+            response.add_answer(Record::from_rdata(
+                owner.clone(),
+                60,
+                RData::CNAME(CNAME(target.clone())),
+            ));
             name = key(&target.to_ascii());
             owner = target;
             continue;

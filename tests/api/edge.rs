@@ -380,7 +380,11 @@ async fn a_deployment_survives_a_control_plane_crash(backend: crate::common::Bac
         ("CERTDROP_DATA_DIR", data.path().display().to_string()),
         ("CERTDROP_DATABASE_URL", database.url.clone()),
     ];
-    let ann = server.api(cli_user(&server.address, &cli_env, "ann@example.com", "customer").await.token);
+    let ann = server.api(
+        cli_user(&server.address, &cli_env, "ann@example.com", "customer")
+            .await
+            .token,
+    );
     let staff = cli_user(&server.address, &cli_env, "sam@example.com", "staff").await;
     let ops = cli_user(&server.address, &cli_env, "ops@example.com", "staff").await;
     let keys = cli_user(&server.address, &cli_env, "keys@example.com", "admin").await;
