@@ -152,6 +152,7 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tokio::spawn(edge::session_keys::run(state.clone())),
         tokio::spawn(edge::stapling::run(state.clone())),
         tokio::spawn(domains::worker::run(state.clone())),
+        tokio::spawn(domains::platform::run(state.clone())),
         tokio::spawn(mail::reminders::run(state.clone())),
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
@@ -198,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .merge(accounts::second_factor_routes::router())
         .merge(apps::routes::router())
         .merge(domains::routes::router())
+        .merge(domains::platform::router())
         .merge(audit::routes::router())
         .merge(certs::routes::router())
         .merge(tickets::routes::router())

@@ -38,3 +38,29 @@ CREATE INDEX domains_pending ON domains (verification_state, verification_checke
 
 -- One row that claim decisions lock, so two overlapping claims are never verified at once.
 INSERT INTO settings (name, value) VALUES ('domain_claims_lock', '0');
+
+-- The platform hostname's wildcard certificate (`*.<CERTDROP_APPS_DOMAIN>`), uploaded by an
+-- admin: its key sealed to the vault, and to each confirmed node of a pair that holds an app.
+CREATE TABLE platform_certificates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    apps_domain TEXT NOT NULL,
+    uploaded_by BIGINT NOT NULL REFERENCES users (id),
+    common_name TEXT NOT NULL,
+    sans TEXT NOT NULL,
+    not_after BIGINT NOT NULL,
+    fingerprint_sha256 TEXT NOT NULL,
+    chain_pem TEXT NOT NULL,
+    sealed_key TEXT NOT NULL,
+    vault_recipient TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX platform_certificates_domain ON platform_certificates (apps_domain, id);
+CREATE INDEX platform_certificates_vault_recipient ON platform_certificates (vault_recipient, id);
+
+CREATE TABLE platform_node_keys (
+    platform_certificate_id BIGINT NOT NULL REFERENCES platform_certificates (id) ON DELETE CASCADE,
+    node_id BIGINT NOT NULL REFERENCES edge_nodes (id) ON DELETE CASCADE,
+    sealed_key TEXT NOT NULL,
+    PRIMARY KEY (platform_certificate_id, node_id)
+);
+CREATE INDEX platform_node_keys_node_id ON platform_node_keys (node_id);

@@ -42,12 +42,12 @@ pub fn router() -> Router<AppState> {
 
 /// The fields of an upload, read into memory that is wiped when dropped.
 #[derive(Default)]
-struct UploadForm {
+pub struct UploadForm {
     certificate: Zeroizing<Vec<u8>>,
     private_key: Zeroizing<Vec<u8>>,
     chain: Zeroizing<Vec<u8>>,
     bypass: bool,
-    csrf_token: Option<String>,
+    pub csrf_token: Option<String>,
 }
 
 fn too_large() -> AppError {
@@ -60,7 +60,7 @@ fn too_large() -> AppError {
     )
 }
 
-async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
+pub async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
     let unreadable = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
@@ -123,24 +123,9 @@ async fn upload(
         ));
     }
     let domains: Vec<String> = crate::domains::store::claimed_hostnames(&state.db, app).await?;
-    let (vault, trust) = (state.vault.clone(), state.trust.clone());
-    let checked = tokio::task::spawn_blocking(move || {
-        let upload = Upload {
-            certificate: &form.certificate,
-            private_key: &form.private_key,
-            chain: &form.chain,
-            bypass: form.bypass,
-        };
-        intake::check(&upload, &domains, &trust, db::now()).map(|accepted| {
-            let sealed = vault.seal(&accepted.key);
-            (accepted.inspection, accepted.chain_pem, sealed)
-        })
-    })
-    .await
-    .map_err(|e| AppError::internal(anyhow::anyhow!("certificate check task: {e}")))?;
+    let checked = check_and_seal(state, form, domains).await?;
     match checked {
         Ok((inspection, chain_pem, sealed)) => {
-            let sealed = sealed?;
             store::insert(&state.db, app, user, ip.0, &inspection, &chain_pem, &sealed).await
         }
         Err(refused) => {
@@ -161,6 +146,34 @@ async fn upload(
                 refused.errors,
             ))
         }
+    }
+}
+
+/// Runs the intake against `domains` off the async runtime and seals an accepted key to the
+/// vault at once: the plaintext key never outlives this call.
+pub async fn check_and_seal(
+    state: &AppState,
+    form: UploadForm,
+    domains: Vec<String>,
+) -> AppResult<Result<(intake::Inspection, String, crate::vault::SealedKey), intake::Refused>> {
+    let (vault, trust) = (state.vault.clone(), state.trust.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let upload = Upload {
+            certificate: &form.certificate,
+            private_key: &form.private_key,
+            chain: &form.chain,
+            bypass: form.bypass,
+        };
+        intake::check(&upload, &domains, &trust, db::now()).map(|accepted| {
+            let sealed = vault.seal(&accepted.key);
+            (accepted.inspection, accepted.chain_pem, sealed)
+        })
+    })
+    .await
+    .map_err(|e| AppError::internal(anyhow::anyhow!("certificate check task: {e}")))?;
+    match checked {
+        Ok((inspection, chain_pem, sealed)) => Ok(Ok((inspection, chain_pem, sealed?))),
+        Err(refused) => Ok(Err(refused)),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod hostname;
+pub mod platform;
 pub mod routes;
 pub mod store;
 pub mod worker;

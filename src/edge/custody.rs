@@ -238,6 +238,7 @@ pub async fn revoke(
             .bind(node.id)
             .execute(&mut *tx)
             .await?;
+        crate::domains::platform::forget(&mut tx, node.id).await?;
         super::session_keys::forget(&mut tx, pair.id).await?;
         let fingerprint = node.recipient_fingerprint.clone().unwrap_or_default();
         let now = db::now();

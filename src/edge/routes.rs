@@ -544,6 +544,29 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
             ocsp_next_update: row.try_get("ocsp_next_update")?,
         });
     }
+    // The platform hostname, served with the platform's wildcard certificate whenever the
+    // pair holds an app (before, or without, the app's own certificate).
+    if let (Some(apps_domain), Some(app)) = (
+        state.config.apps_domain.as_deref(),
+        row.try_get::<Option<String>, _>("app")?,
+    ) {
+        let mut conn = state.db.acquire().await?;
+        if let Some((chain_pem, sealed_key)) =
+            crate::domains::platform::sealed_for(&mut conn, apps_domain, node.id).await?
+        {
+            sites.push(Site {
+                hostnames: vec![format!("{app}.{apps_domain}")],
+                app,
+                chain_pem,
+                sealed_key,
+                backend_url: row.try_get("backend_url")?,
+                force_https: row.try_get::<i64, _>("force_https")? != 0,
+                hsts_max_age: row.try_get("hsts_max_age")?,
+                ocsp_staple: None,
+                ocsp_next_update: None,
+            });
+        }
+    }
     let session_ticket_keys = session_keys::sealed_for(&state.db, node.id).await?;
     Ok(NodeConfig {
         version,

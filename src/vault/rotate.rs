@@ -53,9 +53,11 @@ pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> 
     })
 }
 
-/// What the vault seals: private keys of certificates, and accounts' TOTP secrets.
-const SEALED_COLUMNS: [(&str, &str, &str); 2] = [
+/// What the vault seals: private keys of certificates (the platform's too), and accounts'
+/// TOTP secrets.
+const SEALED_COLUMNS: [(&str, &str, &str); 3] = [
     ("certificates", "sealed_key", "vault_recipient"),
+    ("platform_certificates", "sealed_key", "vault_recipient"),
     ("users", "totp_sealed", "totp_vault_recipient"),
 ];
 

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    common::{Api, TestApp},
+    common::{Api, TestApp, upload_form},
     db_test,
     edge::serve_shop,
     edge_support::echo_backend,
@@ -290,5 +290,57 @@ db_test! {
         ann.prove_domain("shop", "www.example.com").await;
         let resp = ann.post("/api/v1/tickets", json!({"app": "shop", "kind": "provision", "certificate_id": cert})).await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    }
+}
+
+db_test! {
+    async fn every_app_answers_at_its_platform_hostname_with_the_platform_certificate(app) {
+        let app = TestApp::spawn_with(app.backend(), |c| c.apps_domain = Some("apps.example.net".into())).await.unwrap();
+        let root = pki::root("Platform Root");
+        // An admin uploads the apps domain's wildcard through the same intake as customers.
+        let (ops, keys) = app.crew().await;
+        let narrow = pki::leaf(&["shop.apps.example.net"], &root, Alg::P256);
+        let resp = keys.multipart("/api/v1/platform/certificate", upload_form(narrow.cert_pem.as_bytes(), narrow.key_pem.as_bytes(), b"", false)).await;
+        assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", resp.body);
+        assert_eq!(resp.code(), "domain_mismatch");
+        let platform = pki::leaf(&["*.apps.example.net"], &root, Alg::P256);
+        let form = || upload_form(platform.cert_pem.as_bytes(), platform.key_pem.as_bytes(), b"", false);
+        assert_eq!(ops.multipart("/api/v1/platform/certificate", form()).await.status, StatusCode::FORBIDDEN, "staff are not admins");
+        let resp = keys.multipart("/api/v1/platform/certificate", form()).await;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        assert_eq!(resp.json["fingerprint_sha256"], platform.fingerprint());
+        let stored: String = sqlx::query_scalar("SELECT sealed_key FROM platform_certificates").fetch_one(&app.db).await.unwrap();
+        assert!(stored.contains("BEGIN AGE ENCRYPTED FILE") && !stored.contains("PRIVATE KEY"));
+
+        // Once shop holds a pair, both nodes serve shop.apps.example.net with the platform
+        // certificate and proxy it to shop's backend; www.example.com keeps its own.
+        let leaf = pki::leaf(&["www.example.com"], &root, Alg::P256);
+        let (nodes, _ann) = serve_shop(&app, echo_backend().await, &[], &leaf, b"").await;
+        let roots = crate::edge_support::roots(&root.pem());
+        for node in &nodes {
+            let mut served = None;
+            for _ in 0..100 {
+                if let Ok((chain, _)) = crate::edge_support::tls_check(node.tls, "shop.apps.example.net", roots.clone()).await {
+                    served = Some(chain[0].clone());
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert_eq!(served.as_deref(), Some(platform.fingerprint().as_str()), "the platform hostname is served");
+            let (chain, _) = crate::edge_support::tls_check(node.tls, "www.example.com", roots.clone()).await.unwrap();
+            assert_eq!(chain[0], leaf.fingerprint());
+            let client = crate::edge_support::https_client("shop.apps.example.net", node.tls, &root.pem(), false);
+            let resp = client.get(format!("https://shop.apps.example.net:{}/hello", node.tls.port())).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        assert_eq!(app.count("SELECT COUNT(*) FROM platform_node_keys").await, 2);
+
+        // A revoked node loses its copy of the platform key with the rest, and is not sealed to again.
+        let id: i64 = sqlx::query_scalar("SELECT id FROM edge_nodes ORDER BY id LIMIT 1").fetch_one(&app.db).await.unwrap();
+        let resp = keys.post(&format!("/api/v1/edge-nodes/{id}/revoke"), json!({})).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert_eq!(app.count(&format!("SELECT COUNT(*) FROM platform_node_keys WHERE node_id = {id}")).await, 0);
+        assert_eq!(app.count("SELECT COUNT(*) FROM platform_node_keys").await, 1);
     }
 }

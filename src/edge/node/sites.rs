@@ -27,6 +27,8 @@ pub struct Sites {
     exact: HashMap<String, Arc<Site>>,
     /// `example.com` for a site serving `*.example.com`.
     wildcard: HashMap<String, Arc<Site>>,
+    /// The app's own site, for clients that send no SNI.
+    default: Option<Arc<Site>>,
     /// The pair's session ticket keys, swapped in with the sites.
     pub tickets: super::resumption::TicketKeys,
 }
@@ -93,6 +95,8 @@ impl Sites {
                 hsts_max_age: site.hsts_max_age,
                 backend_refusal,
             });
+            // The first site is the app's own certificate; the platform hostname's comes after.
+            sites.default.get_or_insert_with(|| entry.clone());
             for host in &site.hostnames {
                 match host.strip_prefix("*.") {
                     Some(suffix) => sites.wildcard.insert(suffix.to_string(), entry.clone()),
@@ -104,11 +108,9 @@ impl Sites {
     }
 
     /// The site for a client that sent no SNI: a dedicated pair serves one app, so that app's
-    /// site when there is exactly one (as nginx's default server would).
+    /// own certificate (as nginx's default server would).
     pub fn only(&self) -> Option<Arc<Site>> {
-        let mut all = self.exact.values().chain(self.wildcard.values());
-        let first = all.next()?;
-        all.all(|s| Arc::ptr_eq(s, first)).then(|| first.clone())
+        self.default.clone()
     }
 
     /// The site for a TLS client hello's SNI (or its absence).
