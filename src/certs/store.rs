@@ -163,10 +163,36 @@ pub async fn find_visible(db: &Db, user: &User, id: i64) -> AppResult<Certificat
     .bind(user.id)
     .fetch_optional(db)
     .await?;
-    row.as_ref()
+    let mut cert = row
+        .as_ref()
         .map(from_row)
         .transpose()?
-        .ok_or_else(|| AppError::not_found("certificate"))
+        .ok_or_else(|| AppError::not_found("certificate"))?;
+    cover_current_domains(db, std::slice::from_mut(&mut cert)).await?;
+    Ok(cert)
+}
+
+/// What each certificate covers of its app's domains now, not at its upload: a domain removed
+/// since drops out, one added since appears (one query for all of them).
+async fn cover_current_domains(db: &Db, certs: &mut [Certificate]) -> AppResult<()> {
+    let mut app_ids: Vec<i64> = certs.iter().map(|c| c.app_id).collect();
+    app_ids.dedup();
+    let domains = crate::domains::store::of_apps(db, &app_ids).await?;
+    for cert in certs {
+        cert.domains_covered = domains
+            .iter()
+            .filter(|d| {
+                d.app_id == cert.app_id
+                    && d.verification != crate::domains::Verification::Expired
+                    && cert
+                        .sans
+                        .iter()
+                        .any(|san| crate::domains::hostname::covers(san, &d.hostname))
+            })
+            .map(|d| d.hostname.clone())
+            .collect();
+    }
+    Ok(())
 }
 
 /// An app's certificates, newest first.
@@ -188,7 +214,8 @@ pub async fn list_for_app(
     .bind(page.fetch_limit())
     .fetch_all(db)
     .await?;
-    let certs = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut certs = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    cover_current_domains(db, &mut certs).await?;
     Ok(page.finish(certs, |c| c.id))
 }
 

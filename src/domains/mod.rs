@@ -206,19 +206,24 @@ pub async fn target(state: &AppState, app: &App) -> AppResult<Target> {
     let mut conn = state.db.acquire().await?;
     let hosts = crate::edge::store::advertised_hosts(&mut conn, app.id).await?;
     drop(conn);
+    Ok(Target {
+        cname: platform_hostname(state, app),
+        addresses: addresses_of(state, &hosts).await,
+    })
+}
+
+/// The addresses of advertised hosts (IP literals, or names looked up); a name that does not
+/// resolve now simply adds none.
+pub async fn addresses_of(state: &AppState, hosts: &[String]) -> Vec<IpAddr> {
     let mut addresses = Vec::new();
     for host in hosts {
-        // An advertised name that does not resolve now simply adds no address.
-        for ip in state.dns.addresses(&host).await.unwrap_or_default() {
+        for ip in state.dns.addresses(host).await.unwrap_or_default() {
             if !addresses.contains(&ip) {
                 addresses.push(ip);
             }
         }
     }
-    Ok(Target {
-        cname: platform_hostname(state, app),
-        addresses,
-    })
+    addresses
 }
 
 /// For the "deployed" mail: the records that point the app's proved domains at its pair,

@@ -8,31 +8,37 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use askama::Template;
 use axum::{
     Json, Router,
     extract::{Multipart, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
+use super::{DnsRecord, Target};
 use crate::{
-    accounts::{ApiUser, extract::ClientIp},
+    accounts::{ApiUser, SignedIn, User, csrf, extract::ClientIp},
     audit::{self, Entry},
     certs::routes::{check_and_seal, read_upload},
     db,
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
     vault,
+    web::{self, Chrome, FormErrors, PageResult, filters, render_status, see_other},
 };
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/platform/certificate",
-        post(upload_api).get(show_api),
-    )
+    Router::new()
+        .route("/admin/platform", get(page).post(upload_page))
+        .route(
+            "/api/v1/platform/certificate",
+            post(upload_api).get(show_api),
+        )
+        .route("/api/v1/platform/dns-records", get(records_api))
 }
 
 /// The platform certificate in use: the newest one uploaded for the configured apps domain.
@@ -97,20 +103,17 @@ async fn show_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppR
 
 /// An admin uploads the wildcard certificate of the apps domain, with its key and chain, as
 /// a customer uploads theirs: checked by the same intake, the key sealed to the vault at once.
-async fn upload_api(
-    State(state): State<AppState>,
-    ApiUser(user): ApiUser,
+async fn upload(
+    state: &AppState,
+    user: &User,
     ip: ClientIp,
-    multipart: Multipart,
-) -> AppResult<Response> {
-    if !user.role.is_admin() {
-        return Err(AppError::forbidden());
-    }
-    let domain = apps_domain(&state)?.to_string();
-    let form = read_upload(multipart).await?;
+    form: crate::certs::routes::UploadForm,
+) -> AppResult<PlatformCertificate> {
+    user.require_admin()?;
+    let domain = apps_domain(state)?.to_string();
     let wildcard = format!("*.{domain}");
     let (inspection, chain_pem, sealed) =
-        match check_and_seal(&state, form, vec![wildcard.clone()]).await? {
+        match check_and_seal(state, form, vec![wildcard.clone()]).await? {
             Ok(accepted) => accepted,
             Err(refused) => {
                 return Err(AppError::many(
@@ -147,7 +150,7 @@ async fn upload_api(
     audit::record(
         &mut *tx,
         Entry::new(
-            Some(&user),
+            Some(user),
             "platform_certificate.uploaded",
             "platform_certificate",
             id,
@@ -157,10 +160,124 @@ async fn upload_api(
     )
     .await?;
     tx.commit().await?;
-    let cert = current(&state.db, &domain)
+    Ok(current(&state.db, &domain)
         .await?
-        .context("the certificate was just stored")?;
+        .context("the certificate was just stored")?)
+}
+
+async fn upload_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    multipart: Multipart,
+) -> AppResult<Response> {
+    let form = read_upload(multipart).await?;
+    let cert = upload(&state, &user, ip, form).await?;
     Ok((StatusCode::CREATED, Json(json_of(&cert))).into_response())
+}
+
+/// The records the operator's zone must hold so that each app's platform hostname reaches its
+/// pair: `<app>.<apps domain>` A/AAAA the pair's advertised addresses.
+pub async fn records(state: &AppState) -> AppResult<Vec<DnsRecord>> {
+    let Some(domain) = state.config.apps_domain.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let mut conn = state.db.acquire().await?;
+    let hosts = crate::edge::store::advertised_hosts_of_apps(&mut conn).await?;
+    drop(conn);
+    let mut out = Vec::new();
+    let mut by_app: Vec<(String, Vec<String>)> = Vec::new();
+    for (app, host) in hosts {
+        match by_app.last_mut() {
+            Some((last, list)) if *last == app => list.push(host),
+            _ => by_app.push((app, vec![host])),
+        }
+    }
+    for (app, hosts) in by_app {
+        let target = Target {
+            cname: None,
+            addresses: super::addresses_of(state, &hosts).await,
+        };
+        out.extend(target.address_records(&format!("{app}.{domain}")));
+    }
+    Ok(out)
+}
+
+async fn records_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppResult<Response> {
+    user.require_staff()?;
+    let items = records(&state).await?;
+    Ok(Json(json!({"items": items, "next_cursor": null})).into_response())
+}
+
+#[derive(Template)]
+#[template(path = "admin/platform.html")]
+struct PlatformPage {
+    chrome: Chrome,
+    apps_domain: Option<String>,
+    certificate: Option<PlatformCertificate>,
+    records: Vec<String>,
+    errors: FormErrors,
+}
+
+async fn render_page(
+    state: &AppState,
+    me: &SignedIn,
+    status: StatusCode,
+    errors: FormErrors,
+) -> PageResult {
+    me.user.require_admin()?;
+    let apps_domain = state.config.apps_domain.clone();
+    let certificate = match &apps_domain {
+        Some(domain) => current(&state.db, domain).await?,
+        None => None,
+    };
+    let records = records(state)
+        .await?
+        .iter()
+        .map(super::routes::record_line)
+        .collect();
+    Ok(render_status(
+        status,
+        &PlatformPage {
+            chrome: me.chrome().await?,
+            apps_domain,
+            certificate,
+            records,
+            errors,
+        },
+    )?)
+}
+
+async fn page(State(state): State<AppState>, me: SignedIn) -> PageResult {
+    render_page(&state, &me, StatusCode::OK, FormErrors::default()).await
+}
+
+async fn upload_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    multipart: Multipart,
+) -> PageResult {
+    let form = read_upload(multipart).await?;
+    csrf::verify(&me.session, None, form.csrf_token.as_deref()).await?;
+    match upload(&state, &me.user, ip, form).await {
+        Ok(cert) => {
+            web::flash(
+                &me.session,
+                "ok",
+                format!(
+                    "The platform certificate for *.{} is stored, its key sealed; the edge pairs serve it within seconds.",
+                    cert.apps_domain
+                ),
+            )
+            .await?;
+            Ok(see_other("/admin/platform"))
+        }
+        Err(err) if err.status.is_client_error() && err.status != StatusCode::FORBIDDEN => {
+            render_page(&state, &me, err.status, err.into()).await
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Seals the current platform key to every confirmed node of a pair that holds an app and

@@ -433,14 +433,32 @@ pub async fn advertised_hosts(conn: &mut AnyConnection, app_id: i64) -> AppResul
     .bind(app_id)
     .fetch_all(conn)
     .await?;
-    Ok(addresses
-        .iter()
-        .map(|a| match a.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => a.as_str(),
-        })
-        .map(|host| host.trim_matches(['[', ']']).to_string())
+    Ok(addresses.iter().map(|a| host_of(a)).collect())
+}
+
+/// `(app name, advertised host)` for every app that holds a pair, by app name: one query.
+pub async fn advertised_hosts_of_apps(
+    conn: &mut AnyConnection,
+) -> AppResult<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.name, n.address FROM apps a JOIN edge_pairs p ON p.app_id = a.id JOIN edge_nodes n ON n.pair_id = p.id \
+         WHERE n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY a.name, n.slot",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(app, address)| (app, host_of(&address)))
         .collect())
+}
+
+/// The host of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(address: &str) -> String {
+    let host = match address.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => address,
+    };
+    host.trim_matches(['[', ']']).to_string()
 }
 
 /// The names (SANs) of the certificate the app's pair serves now; none without one.

@@ -249,9 +249,12 @@ db_test! {
         // A pending domain goes without confirmation.
         claim(&ann, "shop", "pending.example.com").await;
         assert_eq!(ann.delete("/api/v1/apps/shop/domains/pending.example.com").await.status, StatusCode::NO_CONTENT);
-        // The pair is still held (and billed) for the remaining domain.
+        // The pair is still held (and billed) for the remaining domain, and the certificate
+        // says truthfully what it covers now.
         let shown = ann.get("/api/v1/apps/shop").await;
         assert_eq!(shown.json["provisioned"], true);
+        let cert = ann.get(&format!("/api/v1/certs/{}", shown.json["serving_certificate_id"])).await;
+        assert_eq!(cert.json["domains_covered"], json!(["api.example.com"]), "{}", cert.body);
     }
 }
 
@@ -334,6 +337,15 @@ db_test! {
             assert_eq!(resp.status(), StatusCode::OK);
         }
         assert_eq!(app.count("SELECT COUNT(*) FROM platform_node_keys").await, 2);
+        // The operator learns which records the apps domain's zone needs, by API and on a page.
+        let records = ops.get("/api/v1/platform/dns-records").await;
+        assert_eq!(records.json["items"], json!([{"type": "A", "name": "shop.apps.example.net", "value": "127.0.0.1"}]), "{}", records.body);
+        let admin = app.signed_in_browser("ada@example.com", Role::Admin).await;
+        let page = admin.get("/admin/platform").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("shop.apps.example.net A 127.0.0.1") && page.body.contains(&platform.fingerprint()), "{}", page.body);
+        let customer_page = app.signed_in_browser("cy@example.com", Role::Customer).await.get("/admin/platform").await;
+        assert_eq!(customer_page.status, StatusCode::FORBIDDEN);
 
         // A revoked node loses its copy of the platform key with the rest, and is not sealed to again.
         let id: i64 = sqlx::query_scalar("SELECT id FROM edge_nodes ORDER BY id LIMIT 1").fetch_one(&app.db).await.unwrap();
@@ -342,5 +354,29 @@ db_test! {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         assert_eq!(app.count(&format!("SELECT COUNT(*) FROM platform_node_keys WHERE node_id = {id}")).await, 0);
         assert_eq!(app.count("SELECT COUNT(*) FROM platform_node_keys").await, 1);
+    }
+}
+
+db_test! {
+    async fn the_worker_verifies_proved_claims_checks_dns_and_writes_down_expired_ones(app) {
+        let ann = customer(&app, "ann@example.com", "shop").await;
+        let d = claim(&ann, "shop", "www.a.example").await;
+        claim(&ann, "shop", "old.a.example").await;
+        sqlx::query("UPDATE domains SET verification_expires_at = $1 WHERE hostname = 'old.a.example'")
+            .bind(certdrop::db::now() - 1)
+            .execute(&app.db).await.unwrap();
+        app.dns.txt("_certdrop-challenge.www.a.example", d["verification"]["txt_value"].as_str().unwrap());
+
+        // The customer never comes back: the worker finds the proof on its own.
+        certdrop::domains::worker::tick(&app.state).await.unwrap();
+        let www = ann.get("/api/v1/apps/shop/domains/www.a.example").await;
+        assert_eq!(www.json["verification"]["state"], "verified", "{}", www.body);
+        assert_eq!(www.json["dns"]["state"], "no_record");
+        assert!(www.json["dns"]["checked_at"].as_str().is_some());
+        assert_eq!(app.count("SELECT COUNT(*) FROM domains WHERE hostname = 'old.a.example' AND verification_state = 'expired'").await, 1);
+        // Running again changes nothing and writes nothing twice.
+        certdrop::domains::worker::tick(&app.state).await.unwrap();
+        assert_eq!(app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'domain.claim_expired'").await, 1);
+        assert_eq!(app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'domain.verified'").await, 1);
     }
 }
