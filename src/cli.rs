@@ -178,6 +178,13 @@ pub enum Command {
         #[arg(long)]
         app: String,
     },
+    /// Admin: upload the apps domain's wildcard certificate (CRT [CHAIN...] KEY), served at
+    /// every app's platform hostname.
+    #[command(name = "platform:cert")]
+    PlatformCert {
+        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Open a ticket to return to the previously deployed certificate.
     #[command(name = "certs:rollback")]
     CertsRollback {

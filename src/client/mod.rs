@@ -426,6 +426,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             bypass,
             json,
         } => upload_and_open(&app, &files, bypass, json, Some("update")).await,
+        Command::PlatformCert { files } => {
+            let client = Client::configured()?;
+            let cert = upload(&client, "/api/v1/platform/certificate", &files, false).await?;
+            println!(
+                "Platform certificate for *.{} stored (expires {}, SHA-256 {}); its key is sealed, and the edge pairs serve it within seconds.",
+                output::s(&cert["apps_domain"]),
+                output::s(&cert["not_after"]),
+                output::s(&cert["fingerprint_sha256"])
+            );
+            Ok(())
+        }
         Command::CertsDeploy { id, app } => {
             deploy_uploaded(&Client::configured()?, &app, id, None, false).await
         }
@@ -641,7 +652,8 @@ async fn upload_and_open(
     kind: Option<&str>,
 ) -> anyhow::Result<()> {
     let client = Client::configured()?;
-    let report = upload(&client, app, files, bypass).await?;
+    let path = format!("/api/v1/apps/{}/certs", urlencode(app));
+    let report = upload(&client, &path, files, bypass).await?;
     if json {
         print_json(&report)?;
     } else {
@@ -718,10 +730,10 @@ async fn open_ticket(
     Ok(())
 }
 
-/// Uploads CRT [CHAIN...] KEY as the multipart form of `POST /api/v1/apps/{app}/certs`.
+/// Uploads CRT [CHAIN...] KEY as the multipart form of a certificate upload at `path`.
 pub async fn upload(
     client: &Client,
-    app: &str,
+    path: &str,
     files: &[PathBuf],
     bypass: bool,
 ) -> anyhow::Result<Value> {
@@ -742,14 +754,7 @@ pub async fn upload(
         form = form.text("bypass", "true");
     }
     client
-        .send(
-            client
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/apps/{}/certs", urlencode(app)),
-                )
-                .multipart(form),
-        )
+        .send(client.request(Method::POST, path).multipart(form))
         .await
 }
 
