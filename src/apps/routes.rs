@@ -430,13 +430,16 @@ pub struct AppJson {
     hsts_max_age: i64,
     domains: Vec<String>,
     platform_hostname: Option<String>,
+    /// Where the app's domains should point: the CNAME target and the pair's addresses.
+    dns_target: crate::domains::Target,
     created_at: String,
 }
 
 impl AppJson {
-    fn new(state: &AppState, app: App, domains: Vec<String>) -> Self {
+    fn new(app: App, domains: Vec<String>, dns_target: crate::domains::Target) -> Self {
         Self {
-            platform_hostname: crate::domains::platform_hostname(state, &app),
+            platform_hostname: dns_target.cname.clone(),
+            dns_target,
             name: app.name,
             backend_url: app.backend_url,
             owner: app.owner_email,
@@ -463,6 +466,7 @@ async fn list_apps_api(
         store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
+    let mut targets = crate::domains::targets(&state, &apps).await?;
     let items: Vec<AppJson> = apps
         .into_iter()
         .map(|app| {
@@ -471,7 +475,8 @@ async fn list_apps_api(
                 .filter(|d| d.app_id == app.id)
                 .map(|d| d.hostname.clone())
                 .collect();
-            AppJson::new(&state, app, domains)
+            let target = targets.remove(&app.id).unwrap_or_default();
+            AppJson::new(app, domains, target)
         })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
@@ -492,7 +497,11 @@ async fn create_app_api(
     let app = create_app(&state, &user, ip, &req.name, &req.backend_url).await?;
     Ok((
         StatusCode::CREATED,
-        Json(AppJson::new(&state, app, Vec::new())),
+        Json(AppJson::new(
+            app.clone(),
+            Vec::new(),
+            crate::domains::target(&state, &app).await?,
+        )),
     )
         .into_response())
 }
@@ -512,12 +521,11 @@ async fn show_app_api(
         .is_some();
     drop(conn);
     let mut body = serde_json::to_value(AppJson::new(
-        &state,
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
+        target,
     ))
     .map_err(anyhow::Error::from)?;
-    body["dns_target"] = json!(target);
     body["provisioned"] = json!(provisioned);
     body["serving_certificate_id"] = json!(serving);
     body["pair_price"] = json!({
@@ -549,10 +557,11 @@ async fn update_app_api(
     update_app(&state, &user, ip, &app, changes).await?;
     let app = store::find_visible(&state.db, &user, &name).await?;
     let domains = crate::domains::store::of_app(&state.db, &app).await?;
+    let target = crate::domains::target(&state, &app).await?;
     Ok(Json(AppJson::new(
-        &state,
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
+        target,
     ))
     .into_response())
 }

@@ -105,6 +105,16 @@ pub async fn list_visible(
     Ok(page.finish(apps, |a| a.id))
 }
 
+/// Every app that holds an edge pair, by name (the platform's DNS records).
+pub async fn holding_pairs(db: &Db) -> AppResult<Vec<App>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {APP_COLUMNS} WHERE a.id IN (SELECT app_id FROM edge_pairs WHERE app_id IS NOT NULL) ORDER BY a.name"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(app_from_row).collect::<Result<_, _>>()?)
+}
+
 pub async fn delete(db: &Db, app: &App) -> AppResult<()> {
     sqlx::query("DELETE FROM apps WHERE id = $1")
         .bind(app.id)

@@ -203,13 +203,33 @@ pub fn platform_hostname(state: &AppState, app: &App) -> Option<String> {
 
 /// The app's DNS target: its platform hostname and the addresses its pair advertises.
 pub async fn target(state: &AppState, app: &App) -> AppResult<Target> {
+    let mut targets = targets(state, std::slice::from_ref(app)).await?;
+    Ok(targets.remove(&app.id).unwrap_or_default())
+}
+
+/// The DNS targets of many apps, by app id, in one query (listings).
+pub async fn targets(
+    state: &AppState,
+    apps: &[App],
+) -> AppResult<std::collections::HashMap<i64, Target>> {
+    let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let mut conn = state.db.acquire().await?;
-    let hosts = crate::edge::store::advertised_hosts(&mut conn, app.id).await?;
+    let hosts = crate::edge::store::advertised_hosts_of_apps(&mut conn, &ids).await?;
     drop(conn);
-    Ok(Target {
-        cname: platform_hostname(state, app),
-        addresses: addresses_of(state, &hosts).await,
-    })
+    let mut targets = std::collections::HashMap::new();
+    for app in apps {
+        let mine: Vec<String> = hosts
+            .iter()
+            .filter(|(id, _)| *id == app.id)
+            .map(|(_, host)| host.clone())
+            .collect();
+        let target = Target {
+            cname: platform_hostname(state, app),
+            addresses: addresses_of(state, &mine).await,
+        };
+        targets.insert(app.id, target);
+    }
+    Ok(targets)
 }
 
 /// The addresses of advertised hosts (IP literals, or names looked up); a name that does not

@@ -182,25 +182,18 @@ pub async fn records(state: &AppState) -> AppResult<Vec<DnsRecord>> {
     let Some(domain) = state.config.apps_domain.as_deref() else {
         return Ok(Vec::new());
     };
-    let mut conn = state.db.acquire().await?;
-    let hosts = crate::edge::store::advertised_hosts_of_apps(&mut conn).await?;
-    drop(conn);
-    let mut out = Vec::new();
-    let mut by_app: Vec<(String, Vec<String>)> = Vec::new();
-    for (app, host) in hosts {
-        match by_app.last_mut() {
-            Some((last, list)) if *last == app => list.push(host),
-            _ => by_app.push((app, vec![host])),
-        }
-    }
-    for (app, hosts) in by_app {
-        let target = Target {
-            cname: None,
-            addresses: super::addresses_of(state, &hosts).await,
-        };
-        out.extend(target.address_records(&format!("{app}.{domain}")));
-    }
-    Ok(out)
+    let apps = crate::apps::store::holding_pairs(&state.db).await?;
+    let targets = super::targets(state, &apps).await?;
+    Ok(apps
+        .iter()
+        .flat_map(|app| {
+            let target = Target {
+                cname: None,
+                addresses: targets[&app.id].addresses.clone(),
+            };
+            target.address_records(&format!("{}.{domain}", app.name))
+        })
+        .collect())
 }
 
 async fn records_api(State(state): State<AppState>, ApiUser(user): ApiUser) -> AppResult<Response> {

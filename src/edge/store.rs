@@ -423,30 +423,27 @@ pub async fn node_addresses(db: &Db) -> AppResult<Vec<std::net::SocketAddr>> {
         .collect())
 }
 
-/// The hosts (names or IP literals, without ports) that the TLS addresses of the app's pair
-/// advertise, revoked nodes left out: where the app's domains should point.
-pub async fn advertised_hosts(conn: &mut AnyConnection, app_id: i64) -> AppResult<Vec<String>> {
-    let addresses: Vec<String> = sqlx::query_scalar(
-        "SELECT n.address FROM edge_nodes n JOIN edge_pairs p ON p.id = n.pair_id \
-         WHERE p.app_id = $1 AND n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY n.slot",
-    )
-    .bind(app_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(addresses.iter().map(|a| host_of(a)).collect())
-}
-
-/// `(app name, advertised host)` for every app that holds a pair, by app name: one query.
+/// `(app id, advertised host)` for the apps among `app_ids` that hold a pair: one query.
 pub async fn advertised_hosts_of_apps(
     conn: &mut AnyConnection,
-) -> AppResult<Vec<(String, String)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT a.name, n.address FROM apps a JOIN edge_pairs p ON p.app_id = a.id JOIN edge_nodes n ON n.pair_id = p.id \
-         WHERE n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY a.name, n.slot",
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
+    app_ids: &[i64],
+) -> AppResult<Vec<(i64, String)>> {
+    if app_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=app_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT p.app_id, n.address FROM edge_pairs p JOIN edge_nodes n ON n.pair_id = p.id \
+         WHERE p.app_id IN ({}) AND n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY p.app_id, n.slot",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
+    for id in app_ids {
+        query = query.bind(*id);
+    }
+    Ok(query
+        .fetch_all(conn)
+        .await?
         .into_iter()
         .map(|(app, address)| (app, host_of(&address)))
         .collect())

@@ -212,6 +212,8 @@ db_test! {
         // The pair's addresses are the A targets (no apps domain here), and a domain that
         // resolves to them points here.
         let d = ann.get("/api/v1/apps/shop/domains/www.example.com").await;
+        let listed = ann.get("/api/v1/apps").await;
+        assert_eq!(listed.json["items"][0]["dns_target"], json!({"cname": null, "addresses": ["127.0.0.1"]}));
         assert_eq!(d.json["dns"]["records"][0]["type"], "A");
         assert_eq!(d.json["dns"]["records"][0]["value"], "127.0.0.1");
         app.dns.address("www.example.com", "127.0.0.1");
