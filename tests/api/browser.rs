@@ -590,6 +590,19 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         chrome.check_page(&format!("{page} at phone width")).await;
     }
     chrome.client.set_window_size(1280, 1000).await.unwrap();
+    // Removing the live domain asks first and says what will happen.
+    chrome.goto("/apps/shop").await;
+    chrome.click("Remove www.example.com").await;
+    let page = chrome.text().await;
+    assert!(
+        page.contains("www.example.com is live.") && page.contains("stays provisioned"),
+        "{page}"
+    );
+    chrome.check_page("removal confirmation").await;
+    chrome.shot("14b-confirm-removal").await;
+    chrome.click("Yes, stop serving www.example.com").await;
+    let page = chrome.text().await;
+    assert!(page.contains("www.example.com removed."), "{page}");
     chrome.sign_out().await;
 
     // 4. An admin downloads the month's billing CSV.
@@ -602,6 +615,10 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     );
     chrome.check_page("edge pairs").await;
     chrome.shot("16-edge-pairs").await;
+    chrome.click("Platform").await;
+    assert!(chrome.text().await.contains("CERTDROP_APPS_DOMAIN"));
+    chrome.check_page("platform").await;
+    chrome.shot("17-platform").await;
     chrome.goto("/billing").await;
     assert!(chrome.text().await.contains("shop"));
     chrome.check_page("billing").await;
