@@ -216,6 +216,10 @@ db_test! {
         assert_eq!(listed.json["items"][0]["dns_target"], json!({"cname": null, "addresses": ["127.0.0.1"]}));
         assert_eq!(d.json["dns"]["records"][0]["type"], "A");
         assert_eq!(d.json["dns"]["records"][0]["value"], "127.0.0.1");
+        // The "deployed" mail said the same.
+        let mail: String = sqlx::query_scalar("SELECT text_body FROM mail_outbox WHERE idempotency_key LIKE 'ticket:%:deployed'")
+            .fetch_one(&app.db).await.unwrap();
+        assert!(mail.contains("www.example.com A 127.0.0.1"), "{mail}");
         app.dns.address("www.example.com", "127.0.0.1");
         let resp = ann.post("/api/v1/apps/shop/domains/www.example.com/dns-check", json!({})).await;
         assert_eq!(resp.json["dns"]["state"], "points_here", "{}", resp.body);
