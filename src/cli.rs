@@ -147,7 +147,7 @@ pub enum Command {
     /// Upload a certificate, its chain and key: CRT [CHAIN...] KEY.
     #[command(name = "certs:add")]
     CertsAdd {
-        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        #[arg(required = true, num_args = 1.., value_name = "CRT [CHAIN...] KEY")]
         files: Vec<std::path::PathBuf>,
         #[arg(long)]
         app: String,
@@ -160,7 +160,7 @@ pub enum Command {
     /// Upload a new certificate for an app that already serves one, and open an update ticket.
     #[command(name = "certs:update")]
     CertsUpdate {
-        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        #[arg(required = true, num_args = 1.., value_name = "CRT [CHAIN...] KEY")]
         files: Vec<std::path::PathBuf>,
         #[arg(long)]
         app: String,
@@ -182,7 +182,7 @@ pub enum Command {
     /// every app's platform hostname.
     #[command(name = "platform:cert")]
     PlatformCert {
-        #[arg(required = true, num_args = 2.., value_name = "CRT [CHAIN...] KEY")]
+        #[arg(required = true, num_args = 1.., value_name = "CRT [CHAIN...] KEY")]
         files: Vec<std::path::PathBuf>,
     },
     /// Open a ticket to return to the previously deployed certificate.

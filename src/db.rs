@@ -52,7 +52,18 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     let pool = options
         .connect(&url)
         .await
-        .context("cannot connect to the database named by CERTDROP_DATABASE_URL")?;
+        .with_context(|| match config.db_backend {
+            // The SQLite path is no secret, and the one thing people need to see when a
+            // server verb runs from another directory than `serve` did.
+            DbBackend::Sqlite => format!(
+                "cannot open the SQLite database {} (CERTDROP_DATABASE_URL, by default under CERTDROP_DATA_DIR={}; run from the directory `certdrop serve` runs in, or set CERTDROP_DATA_DIR)",
+                url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default(),
+                config.data_dir.display()
+            ),
+            DbBackend::Postgres => {
+                "cannot connect to the PostgreSQL database named by CERTDROP_DATABASE_URL".into()
+            }
+        })?;
     let migrator = match config.db_backend {
         DbBackend::Sqlite => &SQLITE_MIGRATIONS,
         DbBackend::Postgres => &POSTGRES_MIGRATIONS,

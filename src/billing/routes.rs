@@ -174,7 +174,7 @@ pub fn export_chunks(
         if format == Format::Json {
             let _ = tx
                 .send(Ok(format!(
-                    "],\"line_count\":{count},\"total_cents\":{total}}}"
+                    "],\"line_count\":{count},\"total_cents\":{total}}}\n"
                 )))
                 .await;
         }

@@ -730,6 +730,42 @@ async fn open_ticket(
     Ok(())
 }
 
+/// Tells the key file from the certificates by what they hold, so `KEY CRT` works as well as
+/// `CRT KEY` (and no key ends up read as a chain): a PEM file with a private key and no
+/// certificate is the key; a bundle holding both counts as a certificate (the server finds its
+/// key). Files that are not PEM keep the documented order: the last one is the key.
+fn sort_upload_files(
+    files: Vec<(&PathBuf, Vec<u8>)>,
+) -> anyhow::Result<(Option<Vec<u8>>, Vec<Vec<u8>>)> {
+    let holds = |bytes: &[u8], label: &str| {
+        String::from_utf8_lossy(bytes).contains(&format!("{label}-----"))
+    };
+    let (mut keys, mut certs): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|(_, b)| holds(b, "PRIVATE KEY") && !holds(b, "CERTIFICATE"));
+    if keys.len() > 1 {
+        let names: Vec<String> = keys.iter().map(|(p, _)| p.display().to_string()).collect();
+        bail!(
+            "give one private key, not {}: {}",
+            keys.len(),
+            names.join(", ")
+        );
+    }
+    let bundled_key = certs.iter().any(|(_, b)| holds(b, "PRIVATE KEY"));
+    if keys.is_empty() && !bundled_key {
+        if certs.len() < 2 {
+            bail!(
+                "the private key is missing: give the certificate, its chain if any, and the key, as in `certdrop certs:add server.crt chain.pem server.key --app A` (the key is checked and sealed at once)"
+            );
+        }
+        keys.push(certs.pop().expect("two files or more"));
+    }
+    Ok((
+        keys.pop().map(|(_, b)| b),
+        certs.into_iter().map(|(_, b)| b).collect(),
+    ))
+}
+
 /// Uploads CRT [CHAIN...] KEY as the multipart form of a certificate upload at `path`.
 pub async fn upload(
     client: &Client,
@@ -737,18 +773,23 @@ pub async fn upload(
     files: &[PathBuf],
     bypass: bool,
 ) -> anyhow::Result<Value> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let (cert, rest) = files
+    let mut read = Vec::new();
+    for path in files {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        read.push((path, bytes));
+    }
+    let (key, certs) = sort_upload_files(read)?;
+    let (cert, chain) = certs
         .split_first()
-        .context("give the certificate file first")?;
-    let (key, chain) = rest.split_last().context("give the key file last")?;
+        .context("give the certificate file too: CRT [CHAIN...] KEY")?;
     let mut form = reqwest::multipart::Form::new()
-        .part("certificate", reqwest::multipart::Part::bytes(read(cert)?))
-        .part("private_key", reqwest::multipart::Part::bytes(read(key)?));
-    for path in chain {
-        form = form.part("chain", reqwest::multipart::Part::bytes(read(path)?));
+        .part("certificate", reqwest::multipart::Part::bytes(cert.clone()));
+    if let Some(key) = key {
+        form = form.part("private_key", reqwest::multipart::Part::bytes(key));
+    }
+    for bytes in chain {
+        form = form.part("chain", reqwest::multipart::Part::bytes(bytes.clone()));
     }
     if bypass {
         form = form.text("bypass", "true");

@@ -82,7 +82,7 @@ impl Table {
 
 /// A certificate report, like `heroku certs:info`.
 pub fn print_report(cert: &Value) {
-    let field = |label: &str, value: String| println!("{label:<22}{value}");
+    let field = |label: &str, value: String| println!("{label:<24}{value}");
     field("Certificate ID:", s(&cert["id"]));
     field("Common Name:", s(&cert["common_name"]));
     field("Domains (SANs):", list(&cert["sans"]));
@@ -114,7 +114,7 @@ pub fn print_report(cert: &Value) {
 }
 
 pub fn yes_no(v: &Value) -> String {
-    if v == true { "True" } else { "False" }.to_string()
+    if v == true { "yes" } else { "no" }.to_string()
 }
 
 /// DNS records as zone-file lines joined by `; ` (empty before there is a target).

@@ -102,6 +102,28 @@ fn serve_refuses_a_bad_database_url_with_a_clear_message() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("CERTDROP_LISTEN"));
+    // A database that cannot be opened is named, path and all.
+    let missing = dir.path().join("no-such-dir").join("certdrop.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_certdrop"))
+        .args([
+            "users:create",
+            "--email",
+            "x@example.com",
+            "--role",
+            "customer",
+        ])
+        .env("CERTDROP_DATA_DIR", dir.path())
+        .env(
+            "CERTDROP_DATABASE_URL",
+            format!("sqlite://{}", missing.display()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
 }
 
 db_test! {
@@ -148,13 +170,30 @@ db_test! {
         assert!(ok && out.contains("Ticket #1 opened (provision)"), "{out}{err}");
         let (ok, out, _) = certdrop(&app, dir, &["certs", "--app", "shop"], None);
         assert!(ok);
-        for column in ["Common Name", "Domains", "Expires", "Trusted", "Status", "www.example.com", "False"] {
+        for column in ["Common Name", "Domains", "Expires", "Trusted", "Status", "www.example.com", " no "] {
             assert!(out.contains(column), "{column} missing from:\n{out}");
         }
         let (ok, out, _) = certdrop(&app, dir, &["certs:info", "--app", "shop", "--json"], None);
         assert!(ok);
         let info: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(info["chain"].as_array().unwrap().len(), 2);
+        let (ok, out, _) = certdrop(&app, dir, &["certs:info", "--app", "shop"], None);
+        assert!(ok && out.contains("Fingerprint (SHA-256):  ") && out.contains("Trusted:                no"), "{out}");
+
+        // The key may come first; it is told from the certificates by what it holds, so no
+        // misleading chain warning appears.
+        let other = crate::pki::leaf(&["www.example.com"], &inter, crate::pki::Alg::P256);
+        let other_crt = crate::pki::write(files.path(), "other.crt", other.cert_pem.as_bytes());
+        let other_key = crate::pki::write(files.path(), "other.key", other.key_pem.as_bytes());
+        let (_, out, err) = certdrop(&app, dir, &["certs:add", &path(&other_key), &path(&other_crt), &path(&chain), "--app", "shop", "--json"], None);
+        let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        assert_eq!(report["fingerprint_sha256"], other.fingerprint());
+        let codes: Vec<&str> = report["warnings"].as_array().unwrap().iter().map(|w| w["code"].as_str().unwrap()).collect();
+        assert!(!codes.contains(&"chain_reordered"), "{codes:?}");
+        // A forgotten key is said plainly, not in clap's words.
+        let (ok, _, err) = certdrop(&app, dir, &["certs:add", &path(&other_crt), "--app", "shop"], None);
+        assert!(!ok && err.contains("the private key is missing") && !err.contains("values required"), "{err}");
+
         let wrong = crate::pki::write(files.path(), "wrong.key", crate::pki::Alg::P256.key().serialize_pem().as_bytes());
         let (ok, _, err) = certdrop(&app, dir, &["certs:add", &path(&crt), &path(&wrong), "--app", "shop"], None);
         assert!(!ok && err.contains("key_mismatch"), "{err}");
