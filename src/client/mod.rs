@@ -730,13 +730,14 @@ async fn open_ticket(
     Ok(())
 }
 
+/// The key file (absent when a bundle carries the key) and the certificate files, leaf first.
+type SortedUpload = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Tells the key file from the certificates by what they hold, so `KEY CRT` works as well as
 /// `CRT KEY` (and no key ends up read as a chain): a PEM file with a private key and no
 /// certificate is the key; a bundle holding both counts as a certificate (the server finds its
 /// key). Files that are not PEM keep the documented order: the last one is the key.
-fn sort_upload_files(
-    files: Vec<(&PathBuf, Vec<u8>)>,
-) -> anyhow::Result<(Option<Vec<u8>>, Vec<Vec<u8>>)> {
+fn sort_upload_files(files: Vec<(&PathBuf, Vec<u8>)>) -> anyhow::Result<SortedUpload> {
     let holds = |bytes: &[u8], label: &str| {
         String::from_utf8_lossy(bytes).contains(&format!("{label}-----"))
     };
