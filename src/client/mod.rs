@@ -201,7 +201,14 @@ impl Client {
     }
 }
 
-pub fn domain_path(app: &str, hostname: &str) -> String {
+/// How to start one edge node, on its own machine, with `token` (as the edge pairs page says).
+fn edge_command(control_plane: &str, token: &str) -> String {
+    format!(
+        "certdrop edge --control-plane {control_plane} --enroll-token {token} --listen 0.0.0.0:443 --http-listen 0.0.0.0:80 --advertise PUBLIC_IP:443 --data-dir /var/lib/certdrop-edge    # on its own machine"
+    )
+}
+
+fn domain_path(app: &str, hostname: &str) -> String {
     format!(
         "/api/v1/apps/{}/domains/{}",
         urlencode(app),
@@ -209,7 +216,7 @@ pub fn domain_path(app: &str, hostname: &str) -> String {
     )
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -509,11 +516,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .cloned()
                 .unwrap_or_default()
             {
-                println!(
-                    "  certdrop edge --control-plane {} --enroll-token {} --listen 0.0.0.0:443 --http-listen 0.0.0.0:80 --data-dir /var/lib/certdrop-edge",
-                    client.base,
-                    output::s(&token)
-                );
+                println!("  {}", edge_command(&client.base, &output::s(&token)));
             }
             println!(
                 "Each node prints its key fingerprint at start. An admin other than you compares it with `certdrop edge-pairs` and confirms the node (`certdrop edge-nodes:confirm ID --fingerprint SHA256:…`); until then no key is sealed to it."
@@ -601,10 +604,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .post(&format!("/api/v1/edge-nodes/{id}/enroll-token"), json!({}))
                 .await?;
             println!(
-                "New single-use token for {}:\n  certdrop edge --control-plane {} --enroll-token {} --listen 0.0.0.0:443 --http-listen 0.0.0.0:80 --data-dir /var/lib/certdrop-edge",
+                "New single-use token for {}:\n  {}",
                 output::s(&t["node"]),
-                client.base,
-                output::s(&t["enroll_token"])
+                edge_command(&client.base, &output::s(&t["enroll_token"]))
             );
             Ok(())
         }
