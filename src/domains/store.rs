@@ -87,7 +87,7 @@ pub async fn find(db: &Db, app: &App, hostname: &str) -> AppResult<Option<Domain
     Ok(row.as_ref().map(from_row).transpose()?)
 }
 
-/// Domains of many apps in one query (no N+1 in listings): `(app_id, hostname, verified)`.
+/// Domains of many apps in one query (no N+1 in listings).
 pub async fn of_apps(db: &Db, app_ids: &[i64]) -> AppResult<Vec<Domain>> {
     if app_ids.is_empty() {
         return Ok(Vec::new());
@@ -184,7 +184,18 @@ pub async fn claim(db: &Db, app: &App, hostname: &str, token: &str) -> AppResult
         .bind(token)
         .bind(now + CLAIM_SECONDS)
         .execute(db)
-        .await?;
+        .await
+        .map_err(|e| {
+            if db::is_unique_violation(&e) {
+                crate::error::AppError::conflict(
+                    "domain_exists",
+                    format!("{hostname} is already a domain of this app."),
+                )
+                .on_field("hostname")
+            } else {
+                e.into()
+            }
+        })?;
     }
     Ok(find(db, app, hostname)
         .await?
