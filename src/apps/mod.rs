@@ -1,7 +1,8 @@
-//! Apps (a name and the backend URL their traffic reaches) and their custom domains.
+//! Apps: a name, an owner and the backend URL their traffic reaches, and one TLS status each.
 //! Every read goes through `store::find_visible`, so a customer never sees another's app.
 
 pub mod routes;
+pub mod status;
 pub mod store;
 
 use url::Url;

@@ -184,6 +184,7 @@ async fn backend_allowed(state: &AppState, backend: &str) -> AppResult<()> {
 struct AppRow {
     app: App,
     domains: Vec<String>,
+    tls: super::status::TlsStatus,
 }
 
 #[derive(Template)]
@@ -211,9 +212,13 @@ async fn apps_listing(
     let (apps, next) = store::list_visible(&state.db, user, Page::new(cursor, None)?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
+    let mut statuses = super::status::of_apps(&state.db, &ids).await?;
     let rows = apps
         .into_iter()
         .map(|app| AppRow {
+            tls: statuses
+                .remove(&app.id)
+                .unwrap_or(super::status::TlsStatus::NoTls),
             domains: all_domains
                 .iter()
                 .filter(|d| d.app_id == app.id)
@@ -299,6 +304,9 @@ struct AppPage {
     statuses: std::collections::HashMap<i64, &'static str>,
     /// Whether the app holds an edge pair (TLS provisioned).
     provisioned: bool,
+    tls: super::status::TlsStatus,
+    /// Whether an earlier certificate exists to roll back to.
+    can_roll_back: bool,
     monthly_price: String,
     extras: AppPageExtras,
     /// Revoked nodes that held the key the app serves now: the customer should replace it.
@@ -358,7 +366,15 @@ pub async fn render_app_page(
     let provisioned = crate::edge::store::pair_of_app(&mut conn, app.id)
         .await?
         .is_some();
+    let can_roll_back = match crate::tickets::store::deployed_certificate(&mut conn, app.id).await?
+    {
+        Some(current) => crate::tickets::store::rollback_target(&mut conn, app.id, current)
+            .await?
+            .is_some(),
+        None => false,
+    };
     drop(conn);
+    let tls = super::status::of_app(&state.db, app.id).await?;
     let exposed = match statuses.iter().find(|(_, s)| **s == "deployed") {
         Some((served, _)) => crate::edge::custody::revocations_holding(&state.db, *served).await?,
         None => Vec::new(),
@@ -375,6 +391,8 @@ pub async fn render_app_page(
             certs,
             statuses,
             provisioned,
+            tls,
+            can_roll_back,
             exposed,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
             extras,
@@ -432,12 +450,20 @@ pub struct AppJson {
     platform_hostname: Option<String>,
     /// Where the app's domains should point: the CNAME target and the pair's addresses.
     dns_target: crate::domains::Target,
+    /// The app's one TLS status (`state`, `label`, `ticket`).
+    tls_status: serde_json::Value,
     created_at: String,
 }
 
 impl AppJson {
-    fn new(app: App, domains: Vec<String>, dns_target: crate::domains::Target) -> Self {
+    fn new(
+        app: App,
+        domains: Vec<String>,
+        dns_target: crate::domains::Target,
+        tls: &super::status::TlsStatus,
+    ) -> Self {
         Self {
+            tls_status: tls.json(),
             platform_hostname: dns_target.cname.clone(),
             dns_target,
             name: app.name,
@@ -467,6 +493,7 @@ async fn list_apps_api(
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
     let mut targets = crate::domains::targets(&state, &apps).await?;
+    let statuses = super::status::of_apps(&state.db, &ids).await?;
     let items: Vec<AppJson> = apps
         .into_iter()
         .map(|app| {
@@ -476,7 +503,11 @@ async fn list_apps_api(
                 .map(|d| d.hostname.clone())
                 .collect();
             let target = targets.remove(&app.id).unwrap_or_default();
-            AppJson::new(app, domains, target)
+            let tls = statuses
+                .get(&app.id)
+                .cloned()
+                .unwrap_or(super::status::TlsStatus::NoTls);
+            AppJson::new(app, domains, target, &tls)
         })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
@@ -501,6 +532,7 @@ async fn create_app_api(
             app.clone(),
             Vec::new(),
             crate::domains::target(&state, &app).await?,
+            &super::status::TlsStatus::NoTls,
         )),
     )
         .into_response())
@@ -520,10 +552,12 @@ async fn show_app_api(
         .await?
         .is_some();
     drop(conn);
+    let tls = super::status::of_app(&state.db, app.id).await?;
     let mut body = serde_json::to_value(AppJson::new(
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
         target,
+        &tls,
     ))
     .map_err(anyhow::Error::from)?;
     body["provisioned"] = json!(provisioned);
@@ -558,10 +592,12 @@ async fn update_app_api(
     let app = store::find_visible(&state.db, &user, &name).await?;
     let domains = crate::domains::store::of_app(&state.db, &app).await?;
     let target = crate::domains::target(&state, &app).await?;
+    let tls = super::status::of_app(&state.db, app.id).await?;
     Ok(Json(AppJson::new(
         app,
         domains.into_iter().map(|d| d.hostname).collect(),
         target,
+        &tls,
     ))
     .into_response())
 }

@@ -393,6 +393,8 @@ struct CertPage {
     chrome: Chrome,
     cert: Certificate,
     status: &'static str,
+    /// The ticket its owner may open with it next (`provision` or `update`), if any.
+    next_ticket: Option<&'static str>,
     chain: Vec<ChainEntry>,
     sealed_to: Vec<SealedTo>,
 }
@@ -404,9 +406,23 @@ async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i
         .await?
         .remove(&cert.id)
         .unwrap_or_default();
+    let status = status(&statuses, &cert);
+    let owner = apps::store::find_by_id(&state.db, cert.app_id)
+        .await?
+        .owner_id;
+    let next_ticket = if owner == me.user.id && matches!(status, "uploaded" | "previous") {
+        let mut conn = state.db.acquire().await?;
+        let provisioned = crate::edge::store::pair_of_app(&mut conn, cert.app_id)
+            .await?
+            .is_some();
+        Some(if provisioned { "update" } else { "provision" })
+    } else {
+        None
+    };
     Ok(render(&CertPage {
         chrome: me.chrome().await?,
-        status: status(&statuses, &cert),
+        status,
+        next_ticket,
         chain: chain_entries(&cert),
         sealed_to,
         cert,

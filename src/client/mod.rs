@@ -241,10 +241,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if json {
                 return print_json(&items);
             }
-            let mut table = Table::new(&["Name", "Domains", "Backend", "Owner"]);
+            let mut table = Table::new(&["Name", "TLS", "Domains", "Backend", "Owner"]);
             for app in &items {
                 table.row(vec![
                     output::s(&app["name"]),
+                    output::s(&app["tls_status"]["label"]),
                     output::list(&app["domains"]),
                     output::s(&app["backend_url"]),
                     output::s(&app["owner"]),

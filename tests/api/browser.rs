@@ -457,6 +457,10 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         "the warning is explained:\n{report}"
     );
     assert!(report.contains(&first.fingerprint()));
+    assert!(
+        report.contains("Request provisioning with this certificate"),
+        "the report offers the next step:\n{report}"
+    );
     chrome.check_page("certificate report").await;
     chrome.shot("04-report").await;
     chrome.goto("/apps/shop").await;
@@ -512,6 +516,14 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     chrome.goto("/apps/shop").await;
     // Where to point DNS is on the app page now, and its status follows the zone.
     let page = chrome.text().await;
+    assert!(
+        page.contains("Serving www.example.com (certificate #"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("Request rollback"),
+        "nothing to roll back to after a first deployment"
+    );
     assert!(page.contains("www.example.com A 127.0.0.1"), "{page}");
     chrome.click("Check DNS now for www.example.com").await;
     let page = chrome.text().await;

@@ -214,6 +214,8 @@ db_test! {
         let d = ann.get("/api/v1/apps/shop/domains/www.example.com").await;
         let listed = ann.get("/api/v1/apps").await;
         assert_eq!(listed.json["items"][0]["dns_target"], json!({"cname": null, "addresses": ["127.0.0.1"]}));
+        assert_eq!(listed.json["items"][0]["tls_status"]["state"], "serving");
+        assert!(listed.json["items"][0]["tls_status"]["label"].as_str().unwrap().starts_with("Serving www.example.com (certificate #"));
         assert_eq!(d.json["dns"]["records"][0]["type"], "A");
         assert_eq!(d.json["dns"]["records"][0]["value"], "127.0.0.1");
         // The "deployed" mail said the same.
@@ -297,8 +299,16 @@ db_test! {
         assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.body);
         assert_eq!(resp.code(), "domain_unverified");
         ann.prove_domain("shop", "www.example.com").await;
+        assert_eq!(ann.get("/api/v1/apps/shop").await.json["tls_status"]["label"], "No TLS yet");
         let resp = ann.post("/api/v1/tickets", json!({"app": "shop", "kind": "provision", "certificate_id": cert})).await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+        // The app's one status says so, the same in its page, the listing and the API.
+        let ticket = resp.json["id"].as_i64().unwrap();
+        let listed = ann.get("/api/v1/apps").await;
+        let status = &listed.json["items"][0]["tls_status"];
+        assert_eq!(status["state"], "pending");
+        assert_eq!(status["ticket"], ticket);
+        assert_eq!(status["label"], format!("Pending: provision ticket #{ticket} waits for staff"));
     }
 }
 

@@ -335,6 +335,8 @@ db_test! {
         assert_eq!(app.count("SELECT COUNT(*) FROM edge_pairs WHERE app_id IS NULL").await, 1);
         let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM billing_events ORDER BY id").fetch_all(&app.db).await.unwrap();
         assert_eq!(kinds, ["edge_pair.provisioned", "edge_pair.released"], "update and rollback bill nothing");
+        let shown = ann.get("/api/v1/apps/shop").await;
+        assert_eq!(shown.json["tls_status"]["state"], "removed", "{}", shown.body);
         assert_eq!(ann.delete("/api/v1/apps/shop").await.status, StatusCode::NO_CONTENT, "a released app can be deleted");
 
         // No plaintext key in either node's data directory.
