@@ -271,7 +271,10 @@ pub fn check(
             None
         }
     };
-    if found.certs.is_empty() {
+    // With no certificate at all, or with the certificate field unreadable (DER, PKCS#12…),
+    // the leaf is unknown: checking the key or the domains against a chain certificate would
+    // only add false errors to the one that matters.
+    if found.certs.is_empty() || errors.iter().any(|e| e.field == Some("certificate")) {
         return Err(Refused {
             errors,
             fingerprint: None,

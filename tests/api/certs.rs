@@ -200,6 +200,11 @@ db_test! {
         let resp = api.upload("shop", &leaf.der, leaf.key_pem.as_bytes(), b"").await;
         assert_refused(&app, &resp, StatusCode::UNPROCESSABLE_ENTITY, "not_pem").await;
         assert!(resp.body.contains("DER (binary) certificate") && resp.body.contains("openssl x509 -inform der"));
+        // With a PEM chain beside the DER certificate, the answer is the same one error: the
+        // chain's intermediate is not mistaken for the leaf (no false key or domain mismatch).
+        let inter = pki::intermediate("Test Intermediate", &root);
+        let resp = api.upload("shop", &leaf.der, leaf.key_pem.as_bytes(), inter.pem().as_bytes()).await;
+        assert_eq!(resp.codes("errors"), ["not_pem"], "{}", resp.body);
 
         let dir = tempfile::tempdir().unwrap();
         let cert = pki::write(dir.path(), "cert.pem", leaf.cert_pem.as_bytes());
