@@ -213,6 +213,9 @@ pub enum Command {
         /// A current authenticator code (asked for when the last one is over 10 minutes old).
         #[arg(long)]
         otp: Option<String>,
+        /// Follow the deployment to its end (deployed or failed) and exit non-zero on failure.
+        #[arg(long)]
+        wait: bool,
     },
     /// Reject an open ticket with a reason the customer reads (staff).
     #[command(name = "tickets:reject")]

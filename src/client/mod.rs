@@ -201,6 +201,37 @@ impl Client {
     }
 }
 
+/// Polls a ticket until its deployment ends, printing each node's state as it changes; an
+/// error when it failed.
+async fn follow_deployment(client: &Client, id: i64) -> anyhow::Result<()> {
+    let mut last = String::new();
+    loop {
+        let t = client.get(&format!("/api/v1/tickets/{id}")).await?;
+        let nodes: Vec<String> = t["deployment"]["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| format!("{} {}", output::s(&n["node"]), output::s(&n["state"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = format!("  {}: {}", output::s(&t["state"]), nodes.join(", "));
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        match t["state"].as_str() {
+            Some("deployed") => {
+                println!("Ticket #{id} is deployed: both nodes verified by a TLS handshake.");
+                return Ok(());
+            }
+            Some("failed") => bail!("ticket #{id} failed: {}", output::s(&t["reason"])),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// How to start one edge node, on its own machine, with `token` (as the edge pairs page says).
 fn edge_command(control_plane: &str, token: &str) -> String {
     format!(
@@ -468,11 +499,20 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if json {
                 return print_json(&items);
             }
-            let mut table = Table::new(&["ID", "App", "Kind", "State", "Certificate", "Opened"]);
+            let mut table = Table::new(&[
+                "ID",
+                "App",
+                "Customer",
+                "Kind",
+                "State",
+                "Certificate",
+                "Opened",
+            ]);
             for t in &items {
                 table.row(vec![
                     output::s(&t["id"]),
                     output::s(&t["app"]),
+                    output::s(&t["customer"]),
                     output::s(&t["kind"]),
                     output::s(&t["state"]),
                     output::s(&t["certificate_id"]),
@@ -482,8 +522,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             table.print_or("No tickets.");
             Ok(())
         }
-        Command::TicketsApprove { id, otp } => {
-            let t = Client::configured()?
+        Command::TicketsApprove { id, otp, wait } => {
+            let client = Client::configured()?;
+            let t = client
                 .post_fresh(&format!("/api/v1/tickets/{id}/approve"), json!({}), otp)
                 .await?;
             println!(
@@ -491,6 +532,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 output::s(&t["app"]),
                 output::s(&t["deployment"]["pair"])
             );
+            if wait {
+                follow_deployment(&client, id).await?;
+            }
             Ok(())
         }
         Command::TicketsReject { id, reason } => {

@@ -98,6 +98,7 @@ fn ticket_summary(ticket: &Ticket) -> Value {
     json!({
         "id": ticket.id,
         "app": ticket.app,
+        "customer": ticket.owner_email,
         "kind": ticket.kind,
         "state": ticket.state,
         "certificate_id": ticket.certificate_id,

@@ -303,3 +303,37 @@ fn a_fleet_key_attests_an_edge_machine_from_the_command_line() {
         attestation.trim()
     ));
 }
+
+db_test! {
+    async fn staff_see_whose_ticket_it_is_and_follow_an_approval_to_its_end(app) {
+        // A customer's provision ticket, and a confirmed pair of running nodes.
+        let (ops, keys) = app.crew().await;
+        let _nodes = crate::edge::start_pair(&app.address, ops, keys, "edge-cli").await;
+        let backend = crate::edge_support::echo_backend().await;
+        let ann = app.api_user("ann@example.com", certdrop::accounts::Role::Customer).await;
+        let resp = ann.post("/api/v1/apps", serde_json::json!({"name": "shop", "backend_url": format!("http://{backend}")})).await;
+        assert_eq!(resp.status, reqwest::StatusCode::CREATED);
+        ann.add_domain("shop", "www.example.com").await;
+        let leaf = crate::pki::leaf(&["www.example.com"], &crate::pki::root("CLI Root"), crate::pki::Alg::P256);
+        let cert = ann.upload_id("shop", &leaf, b"").await;
+        let id = ann.open_ticket("shop", "provision", Some(cert)).await;
+
+        // A staff member signs in on the CLI with their second factor.
+        let config = tempfile::tempdir().unwrap();
+        let dir = config.path();
+        let (ok, out, err) = certdrop(&app, dir, &["users:create", "--email", "sam@example.com", "--role", "staff"], None);
+        assert!(ok, "{err}");
+        let password = out.lines().find_map(|l| l.strip_prefix("Password (shown once, keep it safe): ")).unwrap().trim().to_string();
+        let uri = out.lines().find(|l| l.starts_with("otpauth://totp/")).unwrap();
+        let code = crate::common::Authenticator::from_text(uri).code().await;
+        let (ok, _, err) = certdrop(&app, dir, &["login", "--email", "sam@example.com", "--password-stdin", "--otp", &code], Some(&format!("{password}\n")));
+        assert!(ok, "{err}");
+
+        let (ok, out, err) = certdrop(&app, dir, &["tickets"], None);
+        assert!(ok && out.contains("Customer") && out.contains("ann@example.com"), "{out}{err}");
+        let (ok, out, err) = certdrop(&app, dir, &["tickets:approve", &id.to_string(), "--wait"], None);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains(&format!("Ticket #{id} is deployed")), "{out}");
+        assert_eq!(app.count(&format!("SELECT COUNT(*) FROM tickets WHERE id = {id} AND state = 'deployed'")).await, 1);
+    }
+}
