@@ -72,6 +72,9 @@ pub async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
         }
     };
     let mut form = UploadForm::default();
+    // A page offers a file or pasted text for each field; a file chosen wins over text (say,
+    // the certificate shown again after a refusal).
+    let mut files = UploadForm::default();
     let mut total = 0usize;
     while let Some(mut field) = multipart.next_field().await.map_err(unreadable)? {
         let name = field.name().unwrap_or("").to_string();
@@ -84,9 +87,12 @@ pub async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
             value.extend_from_slice(&chunk);
         }
         let target = match name.as_str() {
-            "certificate" | "certificate_file" => &mut form.certificate,
-            "private_key" | "private_key_file" => &mut form.private_key,
-            "chain" | "chain_file" => &mut form.chain,
+            "certificate" => &mut form.certificate,
+            "certificate_file" => &mut files.certificate,
+            "private_key" => &mut form.private_key,
+            "private_key_file" => &mut files.private_key,
+            "chain" => &mut form.chain,
+            "chain_file" => &mut files.chain,
             "bypass" => {
                 form.bypass = matches!(value.as_slice(), b"true" | b"on" | b"1" | b"yes");
                 continue;
@@ -101,6 +107,15 @@ pub async fn read_upload(mut multipart: Multipart) -> AppResult<UploadForm> {
             target.push(b'\n');
         }
         target.extend_from_slice(&value);
+    }
+    for (file, text) in [
+        (files.certificate, &mut form.certificate),
+        (files.private_key, &mut form.private_key),
+        (files.chain, &mut form.chain),
+    ] {
+        if !file.is_empty() {
+            *text = file;
+        }
     }
     Ok(form)
 }
@@ -329,6 +344,24 @@ struct UploadPage {
     app: App,
     domains: Vec<String>,
     errors: FormErrors,
+    /// After a refusal: the certificate and chain as text, to fix rather than choose again
+    /// (never the key, and nothing that holds one).
+    certificate: String,
+    chain: String,
+}
+
+/// Text a refused upload may show back: public PEM only, so nothing holding a key.
+fn public_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text)
+            if bytes.len() <= 64 * 1024
+                && !text.contains("PRIVATE KEY")
+                && !text.contains("Proc-Type") =>
+        {
+            text.to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 async fn upload_page(
@@ -343,6 +376,8 @@ async fn upload_page(
         app,
         domains,
         errors: FormErrors::default(),
+        certificate: String::new(),
+        chain: String::new(),
     })?)
 }
 
@@ -354,9 +389,11 @@ async fn upload_form(
     multipart: Multipart,
 ) -> PageResult {
     let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
+    let mut refill = (String::new(), String::new());
     let result = match read_upload(multipart).await {
         Ok(form) => {
             csrf::verify(&me.session, None, form.csrf_token.as_deref()).await?;
+            refill = (public_text(&form.certificate), public_text(&form.chain));
             upload(&state, &me.user, ip, &app, form).await
         }
         Err(err) => Err(err),
@@ -380,6 +417,8 @@ async fn upload_form(
                     app,
                     domains,
                     errors: err.into(),
+                    certificate: refill.0,
+                    chain: refill.1,
                 },
             )?)
         }

@@ -505,6 +505,8 @@ db_test! {
         let body = refused.text().await.unwrap();
         assert!(body.contains("id=\"private_key-error\"") && body.contains("does not belong"), "the error sits next to the key field");
         assert!(!body.contains("BEGIN PRIVATE KEY-----\n"), "a refused key is never echoed back");
+        let first_line = leaf.cert_pem.lines().nth(1).unwrap();
+        assert!(body.contains(first_line), "the certificate comes back filled in, to fix rather than choose again");
         let accepted = send(leaf.key_pem.clone()).await.unwrap();
         assert_eq!(accepted.status(), StatusCode::SEE_OTHER);
         let location = accepted.headers()["location"].to_str().unwrap().to_string();
