@@ -32,6 +32,7 @@ use crate::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/tickets", get(tickets_page).post(open_page))
+        .route("/apps/{app}/provision", get(provision_page))
         .route("/staff/tickets", get(queue_page))
         .route("/tickets/{id}", get(ticket_page))
         .route("/tickets/{id}/approve", post(approve_page))
@@ -434,6 +435,41 @@ struct OpenForm {
     app: String,
     kind: String,
     certificate_id: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "tickets/provision.html")]
+struct ProvisionPage {
+    chrome: Chrome,
+    app: apps::store::App,
+    cert: crate::certs::store::Certificate,
+    monthly_price: String,
+}
+
+#[derive(Deserialize)]
+struct ProvisionQuery {
+    certificate_id: i64,
+}
+
+/// Provisioning starts a monthly charge: the customer confirms it, with the price and the
+/// certificate, before the ticket is opened.
+async fn provision_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(name): Path<String>,
+    Query(q): Query<ProvisionQuery>,
+) -> PageResult {
+    let app = apps::store::find_visible(&state.db, &me.user, &name).await?;
+    let cert = crate::certs::store::find_visible(&state.db, &me.user, q.certificate_id).await?;
+    if cert.app_id != app.id {
+        return Err(AppError::not_found("certificate").into());
+    }
+    Ok(render(&ProvisionPage {
+        chrome: me.chrome().await?,
+        app,
+        cert,
+        monthly_price: web::money(state.config.pair_price_cents, &state.config.currency),
+    })?)
 }
 
 async fn open_page(

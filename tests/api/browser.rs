@@ -468,7 +468,19 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         chrome.text().await.contains("20.00 USD per month"),
         "the price shows before provisioning"
     );
+    // Provisioning is a monthly charge: it is confirmed, price in view, before the ticket opens.
     chrome.click("Request provisioning").await;
+    assert_eq!(chrome.path().await, "/apps/shop/provision");
+    let confirm = chrome.text().await;
+    assert!(
+        confirm.contains("20.00 USD per month") && confirm.contains(&first.fingerprint()),
+        "{confirm}"
+    );
+    chrome.check_page("provisioning confirmation").await;
+    chrome.shot("04b-confirm-provisioning").await;
+    chrome
+        .click("Confirm: request provisioning at 20.00 USD per month")
+        .await;
     let ticket_one = chrome.path().await;
     assert!(ticket_one.starts_with("/tickets/"));
     let text = chrome.text().await;
