@@ -194,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/static/app.css", get(web::stylesheet))
+        .route("/static/progress.js", get(web::progress_script))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(accounts::routes::router())
         .merge(accounts::second_factor_routes::router())

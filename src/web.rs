@@ -152,6 +152,17 @@ pub async fn stylesheet() -> impl IntoResponse {
     )
 }
 
+/// The one script the pages use (the CSP allows scripts from this origin only, never inline).
+pub async fn progress_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../static/progress.js"),
+    )
+}
+
 pub async fn not_found_page() -> PageError {
     PageError(AppError::not_found("page"))
 }
@@ -163,7 +174,7 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; connect-src 'self'; \
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );

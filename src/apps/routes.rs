@@ -305,6 +305,8 @@ struct AppPage {
     /// Whether the app holds an edge pair (TLS provisioned).
     provisioned: bool,
     tls: super::status::TlsStatus,
+    /// The steps of the deployment under way, which the page follows live.
+    progress: Vec<crate::tickets::progress::Step>,
     /// Whether an earlier certificate exists to roll back to.
     can_roll_back: bool,
     monthly_price: String,
@@ -375,6 +377,12 @@ pub async fn render_app_page(
     };
     drop(conn);
     let tls = super::status::of_app(&state.db, app.id).await?;
+    let progress = match &tls {
+        super::status::TlsStatus::Deploying { ticket, .. } => {
+            crate::tickets::progress::steps(&state.db, *ticket).await?
+        }
+        _ => Vec::new(),
+    };
     let exposed = match statuses.iter().find(|(_, s)| **s == "deployed") {
         Some((served, _)) => crate::edge::custody::revocations_holding(&state.db, *served).await?,
         None => Vec::new(),
@@ -392,6 +400,7 @@ pub async fn render_app_page(
             statuses,
             provisioned,
             tls,
+            progress,
             can_roll_back,
             exposed,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),

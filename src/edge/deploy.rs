@@ -302,6 +302,18 @@ async fn publish(
         .bind(job.id)
         .execute(&mut *tx)
         .await?;
+    let label = match job.target {
+        Some(_) => format!(
+            "Key sealed to {} and configuration {version} published",
+            sealed
+                .iter()
+                .map(|(_, name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+        None => format!("Configuration {version} published: TLS removed"),
+    };
+    tickets::progress::record(&mut tx, job.ticket_id, "published", &label, true).await?;
     tx.commit().await?;
     state.config_changed.notify_waiters();
     state.mail_wake.notify_one();
@@ -317,8 +329,23 @@ async fn wait_until_applied(
 ) -> anyhow::Result<Result<(), String>> {
     let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
     let mut last_renew = tokio::time::Instant::now();
+    let mut noted = std::collections::HashSet::new();
     loop {
         let pair = store::pair(&state.db, job.pair_id).await?;
+        for node in pair.nodes.iter().filter(|n| n.applied_version >= version) {
+            let name = pair.node_name(node);
+            if noted.insert(name.clone()) {
+                let mut conn = state.db.acquire().await?;
+                tickets::progress::record(
+                    &mut conn,
+                    job.ticket_id,
+                    &format!("applied:{name}"),
+                    &format!("{name} applied it"),
+                    true,
+                )
+                .await?;
+            }
+        }
         let behind: Vec<String> = pair
             .nodes
             .iter()
@@ -411,6 +438,24 @@ async fn verify_nodes(
                     pair.name, node.slot
                 ));
             }
+            let name = pair.node_name(node);
+            let label = match (&error, &expected) {
+                (Some(e), _) => format!("{name}: handshake for {sni}: {e}"),
+                (None, Some(_)) => {
+                    format!("{name}: TLS handshake for {sni} serves the approved certificate")
+                }
+                (None, None) => format!("{name}: no longer serves {sni}"),
+            };
+            let mut conn = state.db.acquire().await?;
+            tickets::progress::record(
+                &mut conn,
+                job.ticket_id,
+                &format!("verified:{name}:{sni}"),
+                &label,
+                error.is_none(),
+            )
+            .await?;
+            drop(conn);
             sqlx::query(
                 "INSERT INTO verifications (ticket_id, node_id, hostname, fingerprint_sha256, verified_at, error) \
                  VALUES ($1, $2, $3, $4, $5, $6)",

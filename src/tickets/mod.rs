@@ -2,6 +2,7 @@
 //! carries approved ones out. Every move is a guarded update in one transaction with its
 //! timeline entry, audit entry and mails, so no path can skip a step or lose a notification.
 
+pub mod progress;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app}/provision", get(provision_page))
         .route("/staff/tickets", get(queue_page))
         .route("/tickets/{id}", get(ticket_page))
+        .route("/tickets/{id}/progress", get(progress_json))
         .route("/tickets/{id}/approve", post(approve_page))
         .route("/tickets/{id}/reject", post(reject_page))
         .route("/tickets/{id}/cancel", post(cancel_page))
@@ -111,6 +112,7 @@ fn ticket_summary(ticket: &Ticket) -> Value {
 
 pub async fn ticket_json(state: &AppState, ticket: &Ticket) -> AppResult<Value> {
     let mut body = ticket_summary(ticket);
+    body["progress"] = json!(super::progress::steps(&state.db, ticket.id).await?);
     if let Some((pair, nodes, checks)) = deployment(state, ticket).await? {
         body["deployment"] = json!({
             "pair": pair,
@@ -364,6 +366,22 @@ struct TicketPage {
     sealed_to: Vec<edge::custody::SealedTo>,
     errors: FormErrors,
     monthly_price: String,
+    progress: Vec<super::progress::Step>,
+}
+
+/// The live progress a page polls (session-authenticated, like the page itself).
+async fn progress_json(
+    State(state): State<AppState>,
+    me: SignedIn,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    let ticket = store::find_visible(&state.db, &me.user, id).await?;
+    Ok(Json(json!({
+        "state": ticket.state.as_str(),
+        "done": !ticket.state.is_under_way(),
+        "steps": super::progress::steps(&state.db, id).await?,
+    }))
+    .into_response())
 }
 
 async fn render_ticket(
@@ -418,6 +436,7 @@ async fn render_ticket(
             sealed_to,
             errors,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
+            progress: super::progress::steps(&state.db, id).await?,
         },
     )?)
 }

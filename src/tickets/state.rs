@@ -68,6 +68,11 @@ impl TicketState {
         }
     }
 
+    /// Approved or deploying: a deployment is under way, and its pages follow it.
+    pub fn is_under_way(self) -> bool {
+        matches!(self, Self::Approved | Self::Deploying)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",

@@ -116,8 +116,29 @@ pub async fn record_event(
     .bind(from.map(TicketState::as_str))
     .bind(to.map(TicketState::as_str))
     .bind(body)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // The moves a deployment makes are steps of its live progress too.
+    let step = match to {
+        Some(TicketState::Approved) => Some(("Approved by staff".to_string(), true)),
+        Some(TicketState::Deploying) => Some(("Deployment started".to_string(), true)),
+        Some(TicketState::Deployed) => Some(("Deployed".to_string(), true)),
+        Some(TicketState::Failed) => Some((
+            format!("Failed: {}", body.unwrap_or("see the ticket")),
+            false,
+        )),
+        _ => None,
+    };
+    if let (Some((label, ok)), Some(to)) = (step, to) {
+        super::progress::record(
+            conn,
+            ticket_id,
+            &format!("state:{}", to.as_str()),
+            &label,
+            ok,
+        )
+        .await?;
+    }
     Ok(())
 }
 

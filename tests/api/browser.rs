@@ -510,6 +510,33 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     );
     chrome.shot("07-staff-review").await;
     chrome.click("Approve and deploy").await;
+    // The page follows the deployment by itself: no navigation from here on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let steps = loop {
+        let steps = chrome
+            .client
+            .find(Locator::Css("[data-progress]"))
+            .await
+            .ok();
+        let text = match steps {
+            Some(list) => list.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if text.contains("Deployed") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the progress never showed the end:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        steps.contains("applied it") && steps.contains("TLS handshake for www.example.com"),
+        "{steps}"
+    );
+    assert_eq!(chrome.path().await, ticket_one);
+    chrome.shot("07b-live-progress").await;
     chrome.wait_for_text(&ticket_one, "deployed").await;
     let done = chrome.text().await;
     assert_eq!(

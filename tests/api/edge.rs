@@ -237,6 +237,14 @@ db_test! {
             assert!(node["verified_at"].as_str().unwrap().ends_with('Z'));
         }
         assert!(deployment["verifications"].as_array().unwrap().len() >= 4, "two nodes × two names");
+        // Every step was recorded as it happened, each with the time it took.
+        let steps = ticket["progress"].as_array().unwrap();
+        let labels: Vec<&str> = steps.iter().map(|s| s["label"].as_str().unwrap()).collect();
+        for want in ["Approved by staff", "Deployment started", "Key sealed to edge-a-1 and edge-a-2 and configuration", "edge-a-1 applied it", "edge-a-2 applied it", "edge-a-1: TLS handshake for www.example.com serves the approved certificate", "Deployed"] {
+            assert!(labels.iter().any(|l| l.starts_with(want)), "{want} missing from {labels:?}");
+        }
+        assert_eq!(labels.last(), Some(&"Deployed"), "{labels:?}");
+        assert!(steps.iter().skip(1).all(|s| s["took_ms"].as_i64().is_some_and(|ms| ms >= 0)));
         assert_serving(&nodes, &root.pem(), &a.fingerprint()).await;
 
         // Through the proxy: HTTP/2 over TLS, with the forwarded headers.

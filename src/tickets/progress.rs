@@ -1,0 +1,69 @@
+//! A ticket's deployment step by step, as it happens: approved, started, key sealed and
+//! configuration published, each node applying it, each handshake, deployed or failed. The
+//! ticket and app pages follow it live (`static/progress.js` polls `/tickets/{id}/progress`),
+//! and the API shows it. Each step is written once (a repeat is a no-op), in milliseconds.
+
+use serde::Serialize;
+use sqlx::AnyConnection;
+
+use crate::{db::Db, error::AppResult};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub label: String,
+    pub ok: bool,
+    /// RFC 3339.
+    pub at: String,
+    /// Since the step before (none for the first).
+    pub took_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Writes step `key` of a ticket once.
+pub async fn record(
+    conn: &mut AnyConnection,
+    ticket_id: i64,
+    key: &str,
+    label: &str,
+    ok: bool,
+) -> AppResult<()> {
+    sqlx::query(
+        "INSERT INTO deploy_steps (ticket_id, step, label, ok, at_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (ticket_id, step) DO NOTHING",
+    )
+    .bind(ticket_id)
+    .bind(key)
+    .bind(label)
+    .bind(i64::from(ok))
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The steps so far, oldest first, each with the time it took since the one before.
+pub async fn steps(db: &Db, ticket_id: i64) -> AppResult<Vec<Step>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT label, ok, at_ms FROM deploy_steps WHERE ticket_id = $1 ORDER BY at_ms, id",
+    )
+    .bind(ticket_id)
+    .fetch_all(db)
+    .await?;
+    let mut before: Option<i64> = None;
+    Ok(rows
+        .into_iter()
+        .map(|(label, ok, at_ms)| {
+            let took_ms = before.map(|b| at_ms - b);
+            before = Some(at_ms);
+            Step {
+                label,
+                ok: ok != 0,
+                at: crate::web::rfc3339(at_ms / 1000),
+                took_ms,
+            }
+        })
+        .collect())
+}
