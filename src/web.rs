@@ -380,6 +380,22 @@ pub mod filters {
         Ok(super::format_time(at.unix()))
     }
 
+    /// A hostname that wraps at its dots on a narrow screen, not in the middle of a label:
+    /// HTML-escaped, with a `<wbr>` after each dot.
+    pub fn wrap_dots<T: std::fmt::Display>(
+        name: T,
+        _: &dyn askama::Values,
+    ) -> askama::Result<askama::filters::Safe<String>> {
+        let escaped = name
+            .to_string()
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;");
+        Ok(askama::filters::Safe(escaped.replace('.', ".<wbr>")))
+    }
+
     /// Unix seconds as a calendar date, `2026-11-24`.
     pub fn date<T: Unix>(at: T, _: &dyn askama::Values) -> askama::Result<String> {
         let mut s = super::format_time(at.unix());

@@ -199,6 +199,12 @@ impl Chrome {
                 for (const el of document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea')) {
                   if (el.tabIndex < 0) problems.push('not reachable by keyboard: ' + el.outerHTML.slice(0, 80));
                 }
+                // On a phone, a table that scrolls sideways hides columns: rows must be cards.
+                if (window.innerWidth <= 640) {
+                  for (const wrap of document.querySelectorAll('.table-wrap')) {
+                    if (wrap.scrollWidth > wrap.clientWidth + 1) problems.push('a table hides columns: ' + (wrap.textContent || '').trim().slice(0, 60));
+                  }
+                }
                 if (document.documentElement.scrollWidth > window.innerWidth + 1) {
                   const wide = [...document.querySelectorAll('body *')]
                     .filter(el => el.getBoundingClientRect().right > window.innerWidth + 1)
@@ -635,6 +641,8 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         ("/apps/shop", "12-phone-app"),
         (ticket_one.as_str(), "13-phone-ticket"),
         ("/apps", "14-phone-apps"),
+        ("/tickets", "14c-phone-tickets"),
+        ("/billing", "14d-phone-billing"),
     ] {
         chrome.goto(page).await;
         chrome.shot(name).await;
