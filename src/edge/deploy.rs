@@ -28,7 +28,7 @@ use crate::{
 /// How long a claimed job is reserved; renewed while it runs.
 const LEASE_SECONDS: i64 = 15;
 /// How long both nodes have to apply a new configuration.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Job {

@@ -280,6 +280,25 @@ pub async fn heartbeat(db: &Db, node_id: i64, applied: i64) -> AppResult<()> {
 /// Dedicates a free pair (both nodes confirmed, no app) to an app; `None` when none is free.
 /// With `not_vouched_by`, pairs that person created or confirmed are passed over (separation
 /// of duties: they may not approve the first deployment of a customer's key to it).
+/// The free pair an approval by someone other than `not_vouched_by` would take: no app holds
+/// it, both its nodes are confirmed, and (under separation of duties) that person neither
+/// created it nor issued or confirmed a node of it.
+pub async fn free_pair_for(
+    conn: &mut AnyConnection,
+    not_vouched_by: Option<i64>,
+) -> AppResult<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT p.id FROM edge_pairs p WHERE p.app_id IS NULL \
+         AND (SELECT COUNT(*) FROM edge_nodes n WHERE n.pair_id = p.id AND n.state = 'confirmed') = 2 \
+         AND ($1 IS NULL OR (COALESCE(p.created_by, 0) <> $1 AND NOT EXISTS (SELECT 1 FROM edge_nodes n \
+              WHERE n.pair_id = p.id AND (COALESCE(n.issued_by, 0) = $1 OR COALESCE(n.confirmed_by, 0) = $1)))) \
+         ORDER BY p.id LIMIT 1",
+    )
+    .bind(not_vouched_by)
+    .fetch_optional(conn)
+    .await?)
+}
+
 pub async fn assign_free_pair(
     conn: &mut AnyConnection,
     app_id: i64,
@@ -287,17 +306,7 @@ pub async fn assign_free_pair(
 ) -> AppResult<Option<i64>> {
     // A concurrent approval may take the pair we picked: pick again a few times.
     for _ in 0..5 {
-        let candidate: Option<i64> = sqlx::query_scalar(
-            "SELECT p.id FROM edge_pairs p WHERE p.app_id IS NULL \
-             AND (SELECT COUNT(*) FROM edge_nodes n WHERE n.pair_id = p.id AND n.state = 'confirmed') = 2 \
-             AND ($1 IS NULL OR (COALESCE(p.created_by, 0) <> $1 AND NOT EXISTS (SELECT 1 FROM edge_nodes n \
-                  WHERE n.pair_id = p.id AND (COALESCE(n.issued_by, 0) = $1 OR COALESCE(n.confirmed_by, 0) = $1)))) \
-             ORDER BY p.id LIMIT 1",
-        )
-        .bind(not_vouched_by)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(pair) = candidate else {
+        let Some(pair) = free_pair_for(conn, not_vouched_by).await? else {
             return Ok(None);
         };
         let taken =

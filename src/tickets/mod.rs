@@ -291,6 +291,77 @@ async fn approve_visible(
 
 /// Why no pair could be dedicated: none is free and confirmed, or the free ones are the
 /// approver's own (separation of duties).
+/// What staff see before approving: the pair the deployment would go to and its nodes, the
+/// reasons approving cannot succeed now (the refusals `approve` answers), and warnings about
+/// what would make the deployment fail.
+pub struct Decision {
+    pub pair: Option<edge::store::Pair>,
+    pub blockers: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// A node that has not long-polled for this long is down (a poll lasts at most 25 s).
+const NODE_DOWN_AFTER: i64 = 40;
+
+pub async fn decision(state: &AppState, staff: &User, ticket: &Ticket) -> AppResult<Decision> {
+    let not_vouched_by = state.config.separation_of_duties.then_some(staff.id);
+    let mut blockers = Vec::new();
+    let mut conn = state.db.acquire().await?;
+    let pair_id = match ticket.kind {
+        TicketKind::Provision => edge::store::free_pair_for(&mut conn, not_vouched_by).await?,
+        _ => edge::store::pair_of_app(&mut conn, ticket.app_id).await?,
+    };
+    drop(conn);
+    let pair = match pair_id {
+        Some(id) => Some(edge::store::pair(&state.db, id).await?),
+        None if ticket.kind == TicketKind::Provision => {
+            blockers.push(no_free_pair(state, not_vouched_by).await.message());
+            None
+        }
+        None => {
+            blockers.push("This app no longer holds an edge pair; reject the ticket.".into());
+            None
+        }
+    };
+    let mut warnings = Vec::new();
+    if let Some(pair) = &pair {
+        if !matches!(ticket.kind, TicketKind::Provision | TicketKind::Remove) {
+            for check in [
+                edge::custody::require_confirmed(pair),
+                edge::custody::check_separation(state, staff, pair),
+            ] {
+                if let Err(err) = check {
+                    blockers.push(err.message());
+                }
+            }
+        }
+        let now = crate::db::now();
+        for node in pair
+            .nodes
+            .iter()
+            .filter(|n| n.state != edge::NodeState::Revoked)
+        {
+            let name = pair.node_name(node);
+            match node.last_seen_at {
+                Some(at) if now - at <= NODE_DOWN_AFTER => {}
+                Some(at) => warnings.push(format!(
+                    "{name} was last seen {} s ago: the deployment fails unless it is back within {} s of approval.",
+                    now - at,
+                    edge::deploy::APPLY_TIMEOUT.as_secs()
+                )),
+                None => warnings.push(format!(
+                    "{name} has never reached the control plane: start it before approving, or the deployment fails."
+                )),
+            }
+        }
+    }
+    Ok(Decision {
+        pair,
+        blockers,
+        warnings,
+    })
+}
+
 async fn no_free_pair(state: &AppState, not_vouched_by: Option<i64>) -> AppError {
     let free_but_own = match not_vouched_by {
         Some(_) => edge::store::list_pairs(&state.db).await.map(|pairs| {

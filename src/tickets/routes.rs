@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    state::TicketKind,
+    state::{TicketKind, TicketState},
     store::{self, Filter, Ticket, TicketEvent},
 };
 use crate::{
@@ -367,6 +367,18 @@ struct TicketPage {
     errors: FormErrors,
     monthly_price: String,
     progress: Vec<super::progress::Step>,
+    /// For staff, while the ticket is open: where it would deploy and what stands in the way.
+    decision: Option<super::Decision>,
+}
+
+impl TicketPage {
+    /// When a node last long-polled, as staff read it.
+    fn seen(&self, node: &edge::store::Node) -> String {
+        match node.last_seen_at {
+            Some(at) => format!("seen {} s ago", (crate::db::now() - at).max(0)),
+            None => "never seen".into(),
+        }
+    }
 }
 
 /// The live progress a page polls (session-authenticated, like the page itself).
@@ -412,6 +424,11 @@ async fn render_ticket(
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    let decision = if me.user.role.is_staff() && ticket.state == TicketState::Open {
+        Some(super::decision(state, &me.user, &ticket).await?)
+    } else {
+        None
+    };
     let (pair, nodes, checks) = match deployment(state, &ticket).await? {
         Some((pair, nodes, checks)) => (Some(pair), nodes, checks),
         None => (None, Vec::new(), Vec::new()),
@@ -437,6 +454,7 @@ async fn render_ticket(
             errors,
             monthly_price: crate::web::money(state.config.pair_price_cents, &state.config.currency),
             progress: super::progress::steps(&state.db, id).await?,
+            decision,
         },
     )?)
 }

@@ -225,3 +225,32 @@ db_test! {
         assert!(page.body.contains("Will do.") && page.body.contains("sam@example.com"));
     }
 }
+
+db_test! {
+    async fn staff_see_where_a_ticket_would_deploy_and_what_stands_in_the_way(app) {
+        let (ann, cert) = customer_with_cert(&app, "ann@example.com", "shop").await;
+        let id = open(&ann, "shop", "provision", Some(cert)).await.json["id"].as_i64().unwrap();
+        let staff = app.signed_in_browser("sam@example.com", Role::Staff).await;
+
+        // No free pair: approving cannot succeed, the page says why and the button is off.
+        let page = staff.get(&format!("/tickets/{id}")).await;
+        assert!(page.body.contains("Cannot approve now:") && page.body.contains("No free edge pair"), "{}", page.body);
+        assert!(page.body.contains("disabled aria-describedby=\"decision\""), "{}", page.body);
+
+        // A free pair, one of whose nodes stopped polling five minutes ago: the pair is named,
+        // and staff are warned before they approve a deployment that would time out.
+        app.idle_pair("edge-idle").await;
+        sqlx::query("UPDATE edge_nodes SET last_seen_at = $1 WHERE slot = 1")
+            .bind(certdrop::db::now() - 300)
+            .execute(&app.db).await.unwrap();
+        let page = staff.get(&format!("/tickets/{id}")).await;
+        assert!(!page.body.contains("Cannot approve now:"), "{}", page.body);
+        assert!(page.body.contains("It deploys to edge pair <strong>edge-idle</strong> (free now)"), "{}", page.body);
+        assert!(page.body.contains("Check first:</strong> edge-idle-1 was last seen 30"), "{}", page.body);
+        assert!(!page.body.contains("Check first:</strong> edge-idle-2"), "{}", page.body);
+        assert!(!page.body.contains("disabled aria-describedby"), "{}", page.body);
+        // The customer sees none of it.
+        let customer_page = app.signed_in_browser("cy@example.com", Role::Customer).await.get(&format!("/tickets/{id}")).await;
+        assert_eq!(customer_page.status, StatusCode::NOT_FOUND);
+    }
+}
