@@ -364,7 +364,7 @@ async fn wait_until_applied(
         }
         if tokio::time::Instant::now() > deadline {
             return Ok(Err(format!(
-                "{} did not apply configuration {version} within {} s; check that `certdrop edge` runs there and reaches the control plane",
+                "{} did not apply configuration {version} within {} s",
                 behind.join(" and "),
                 APPLY_TIMEOUT.as_secs()
             )));
@@ -604,21 +604,44 @@ async fn fail(
                 .await?;
         }
     }
+    // The customer reads what it means for their site; staff get the technical reason.
+    let serves = match ticket.kind {
+        TicketKind::Provision => format!("{} serves nothing over TLS yet", ticket.app),
+        _ => format!("{} keeps serving what it served before", ticket.app),
+    };
     let mail = tickets::customer_mail(
         state,
         ticket,
         format!("Ticket #{} failed", ticket.id),
         vec![
             format!(
-                "The {} of {} could not be verified, so it was not completed.",
+                "Your {} ticket for {} could not be completed: our edge servers did not confirm it, so it was rolled back.",
                 ticket.kind.as_str(),
                 ticket.app
             ),
-            format!("What went wrong: {why}"),
-            "Staff have been told; the app keeps serving what it served before.".into(),
+            format!(
+                "Nothing is charged for it, and {serves}. Our staff have the technical details and will follow up."
+            ),
         ],
     );
     mail::enqueue(&mut tx, &format!("ticket:{}:failed", ticket.id), &mail).await?;
+    for (staff_id, email) in tickets::store::staff_emails(&mut tx).await? {
+        let mail = mail::Mail {
+            to: email,
+            subject: format!("Ticket #{} failed: {} for {}", ticket.id, ticket.kind.as_str(), ticket.app),
+            paragraphs: vec![
+                format!("The deployment of ticket #{} failed: {why}", ticket.id),
+                "Check that both nodes of the pair run `certdrop edge` and reach the control plane; the ticket page shows each step and its time.".into(),
+            ],
+            link: Some((tickets::ticket_link(state, ticket.id), format!("Ticket #{}", ticket.id))),
+        };
+        mail::enqueue(
+            &mut tx,
+            &format!("ticket:{}:failed:{staff_id}", ticket.id),
+            &mail,
+        )
+        .await?;
+    }
     audit::record(
         &mut *tx,
         Entry::new(None, "ticket.failed", "ticket", ticket.id)

@@ -27,7 +27,7 @@ use crate::{
     state::AppState,
 };
 
-fn ticket_link(state: &AppState, id: i64) -> String {
+pub fn ticket_link(state: &AppState, id: i64) -> String {
     format!("{}tickets/{id}", state.base_url)
 }
 

@@ -67,3 +67,17 @@ pub async fn steps(db: &Db, ticket_id: i64) -> AppResult<Vec<Step>> {
         })
         .collect())
 }
+
+/// The nodes (`pair-slot`) that applied the ticket's configuration.
+pub async fn applied_nodes(db: &Db, ticket_id: i64) -> AppResult<Vec<String>> {
+    let steps: Vec<String> = sqlx::query_scalar(
+        "SELECT step FROM deploy_steps WHERE ticket_id = $1 AND step LIKE 'applied:%'",
+    )
+    .bind(ticket_id)
+    .fetch_all(db)
+    .await?;
+    Ok(steps
+        .into_iter()
+        .filter_map(|s| s.strip_prefix("applied:").map(str::to_string))
+        .collect())
+}

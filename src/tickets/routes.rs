@@ -68,6 +68,7 @@ pub async fn deployment(
         return Ok(None);
     };
     let checks = edge::store::verifications(&state.db, ticket.id).await?;
+    let applied = super::progress::applied_nodes(&state.db, ticket.id).await?;
     let nodes = pair
         .nodes
         .iter()
@@ -79,14 +80,23 @@ pub async fn deployment(
                 .filter(|v| Some(v.verified_at) == last)
                 .collect();
             let error = latest.iter().find_map(|v| v.error.clone());
+            let name = format!("{}-{}", pair.name, n.slot);
+            // Before (or without) a handshake: whether the node applied the configuration, and
+            // for a deployment that ended without one, that it never got that far.
+            let unverified = match (applied.contains(&name), ticket.state.is_under_way()) {
+                (true, true) => "applied",
+                (true, false) => "not_verified",
+                (false, true) => "pending",
+                (false, false) => "not_applied",
+            };
             NodeCheck {
-                node: format!("{}-{}", pair.name, n.slot),
                 address: n.address.clone().unwrap_or_default(),
                 state: match (latest.is_empty(), &error) {
-                    (true, _) => "pending",
+                    (true, _) => unverified,
                     (false, Some(_)) => "failed",
                     (false, None) => "verified",
                 },
+                node: name,
                 fingerprint_sha256: latest.iter().find_map(|v| v.fingerprint_sha256.clone()),
                 verified_at: last,
                 error,

@@ -214,6 +214,17 @@ db_test! {
         };
         assert!(failed["reason"].as_str().unwrap().contains("confirmed"), "{failed}");
         assert_eq!(app.count(&format!("SELECT COUNT(*) FROM node_keys WHERE certificate_id = {blog_cert}")).await, 0);
+        // Each node says how far it got; the customer is told what it means for the site, in
+        // plain words, and staff get the technical reason.
+        for node in failed["deployment"]["nodes"].as_array().unwrap() {
+            assert_eq!(node["state"], "not_applied", "{failed}");
+        }
+        let to_customer: String = sqlx::query_scalar("SELECT text_body FROM mail_outbox WHERE idempotency_key = $1")
+            .bind(format!("ticket:{blog_ticket}:failed")).fetch_one(&app.db).await.unwrap();
+        assert!(to_customer.contains("Nothing is charged") && !to_customer.contains("confirmed"), "{to_customer}");
+        let to_staff: Vec<String> = sqlx::query_scalar("SELECT text_body FROM mail_outbox WHERE idempotency_key LIKE $1")
+            .bind(format!("ticket:{blog_ticket}:failed:%")).fetch_all(&app.db).await.unwrap();
+        assert!(!to_staff.is_empty() && to_staff.iter().all(|m| m.contains("confirmed")), "{to_staff:?}");
     }
 }
 
