@@ -302,6 +302,8 @@ struct AppPage {
     on_behalf: bool,
     certs: Vec<crate::certs::store::Certificate>,
     statuses: std::collections::HashMap<i64, &'static str>,
+    /// The ticket a pending or deploying certificate waits in, for a link from its status.
+    waiting: std::collections::HashMap<i64, i64>,
     /// Whether the app holds an edge pair (TLS provisioned).
     provisioned: bool,
     tls: super::status::TlsStatus,
@@ -364,6 +366,7 @@ pub async fn render_app_page(
     let (certs, _) =
         crate::certs::store::list_for_app(&state.db, &app, Page::new(None, None)?).await?;
     let statuses = crate::certs::store::statuses(&state.db, app.id).await?;
+    let waiting = crate::certs::store::waiting_tickets(&state.db, app.id).await?;
     let mut conn = state.db.acquire().await?;
     let provisioned = crate::edge::store::pair_of_app(&mut conn, app.id)
         .await?
@@ -398,6 +401,7 @@ pub async fn render_app_page(
             domains,
             certs,
             statuses,
+            waiting,
             provisioned,
             tls,
             progress,

@@ -232,6 +232,21 @@ pub async fn sealed_key_of(db: &Db, certificate_id: i64) -> AppResult<String> {
 /// Each certificate's status within its app: `deployed` (served now), `deploying` (an approved
 /// ticket is rolling it out), `pending` (an open ticket names it), `previous` (served before),
 /// or `uploaded`.
+/// The ticket each certificate waiting to be deployed waits in (`certificate id → ticket id`).
+pub async fn waiting_tickets(
+    db: &Db,
+    app_id: i64,
+) -> AppResult<std::collections::HashMap<i64, i64>> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT certificate_id, id FROM tickets WHERE app_id = $1 AND certificate_id IS NOT NULL \
+         AND state IN ('open', 'approved', 'deploying')",
+    )
+    .bind(app_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 pub async fn statuses(
     db: &Db,
     app_id: i64,

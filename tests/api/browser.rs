@@ -496,6 +496,16 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     );
     chrome.check_page("ticket page").await;
     chrome.shot("05-ticket-open").await;
+    // Back on the app page, the status and the certificate both lead to the ticket.
+    chrome.goto("/apps/shop").await;
+    let page = chrome.text().await;
+    let number = ticket_one.trim_start_matches("/tickets/");
+    assert!(
+        page.contains(&format!(
+            "Pending: provision ticket #{number} waits for staff"
+        )) && page.contains(&format!("pending ticket #{number}")),
+        "{page}"
+    );
     chrome.sign_out().await;
 
     // 2. Staff find the ticket in the queue, review it, approve it and watch it deploy.
