@@ -288,6 +288,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hostnames_wrap_at_their_dots_and_stay_escaped() {
+        let Ok(askama::filters::Safe(html)) = filters::wrap_dots("a.<b>.example", &()) else {
+            unreachable!()
+        };
+        assert_eq!(html, "a.<wbr>&#60;b&#62;.<wbr>example");
+    }
+
+    #[test]
     fn next_is_only_ever_a_path_on_this_site() {
         for bad in [
             "//evil.example/x",
@@ -386,14 +394,11 @@ pub mod filters {
         name: T,
         _: &dyn askama::Values,
     ) -> askama::Result<askama::filters::Safe<String>> {
-        let escaped = name
-            .to_string()
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&#39;");
-        Ok(askama::filters::Safe(escaped.replace('.', ".<wbr>")))
+        let Ok(askama::filters::Safe(escaped)) =
+            askama::filters::escape(name, askama::filters::Html);
+        Ok(askama::filters::Safe(
+            escaped.to_string().replace('.', ".<wbr>"),
+        ))
     }
 
     /// Unix seconds as a calendar date, `2026-11-24`.
