@@ -217,6 +217,17 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Deploy a failed ticket again, once its cause is fixed (staff; the same checks as approving).
+    #[command(name = "tickets:retry")]
+    TicketsRetry {
+        id: i64,
+        /// A current authenticator code (asked for when the last one is over 10 minutes old).
+        #[arg(long)]
+        otp: Option<String>,
+        /// Follow the deployment to its end (deployed or failed) and exit non-zero on failure.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Reject an open ticket with a reason the customer reads (staff).
     #[command(name = "tickets:reject")]
     TicketsReject {

@@ -43,6 +43,9 @@ pub struct Config {
     pub apps_domain: Option<String>,
     /// `CERTDROP_DNS_RESOLVER`: the one DNS server certdrop asks (else the system's).
     pub dns_resolver: Option<SocketAddr>,
+    /// `CERTDROP_DEPLOY_APPLY_TIMEOUT` (seconds): how long a deployment waits for both nodes of
+    /// a pair to apply its configuration before it fails (and can be retried).
+    pub apply_timeout: std::time::Duration,
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -86,6 +89,14 @@ fn parse_dns_resolver(raw: &str) -> anyhow::Result<SocketAddr> {
         })
 }
 
+/// A whole number of seconds, 1 to 3600.
+fn parse_seconds(name: &str, raw: &str) -> anyhow::Result<std::time::Duration> {
+    match raw.parse::<u64>() {
+        Ok(s) if (1..=3600).contains(&s) => Ok(std::time::Duration::from_secs(s)),
+        _ => bail!("{name}: `{raw}` is not a number of seconds from 1 to 3600"),
+    }
+}
+
 /// A `true`/`false` variable, or `default` when unset.
 fn read_bool(name: &str, default: bool) -> anyhow::Result<bool> {
     match read_var(name)?.as_deref() {
@@ -120,6 +131,9 @@ impl Config {
         let dns_resolver = read_var("CERTDROP_DNS_RESOLVER")?
             .map(|raw| parse_dns_resolver(&raw))
             .transpose()?;
+        let apply_timeout = read_var("CERTDROP_DEPLOY_APPLY_TIMEOUT")?
+            .map(|raw| parse_seconds("CERTDROP_DEPLOY_APPLY_TIMEOUT", &raw))
+            .transpose()?;
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
@@ -140,6 +154,9 @@ impl Config {
         config.allow_private_backends = allow_private_backends;
         config.apps_domain = apps_domain;
         config.dns_resolver = dns_resolver;
+        if let Some(timeout) = apply_timeout {
+            config.apply_timeout = timeout;
+        }
         Ok(config)
     }
 
@@ -232,6 +249,7 @@ impl Config {
             allow_private_backends: false,
             apps_domain: None,
             dns_resolver: None,
+            apply_timeout: std::time::Duration::from_secs(60),
         })
     }
 

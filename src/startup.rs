@@ -207,6 +207,10 @@ pub fn router(state: AppState) -> Router {
         .merge(edge::routes::router())
         .merge(billing::routes::router())
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            web::form_replay,
+        ))
         .layer(sessions)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -93,6 +93,14 @@ pub fn render_status(status: StatusCode, page: &impl Template) -> AppResult<Resp
     Ok((status, Html(page.render()?)).into_response())
 }
 
+/// Renders a page that shows a secret (a second factor's enrolment): a refused form on it is
+/// shown in place, never kept in the session for `form_replay`.
+pub fn render_secret(status: StatusCode, page: &impl Template) -> AppResult<Response> {
+    let mut response = render_status(status, page)?;
+    response.extensions_mut().insert(NoReplay);
+    Ok(response)
+}
+
 pub fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
 }
@@ -241,6 +249,136 @@ pub async fn api_error_shape(request: Request, next: Next) -> Response {
     fixed
 }
 
+/// A refused form shown on the page it came from (Post/Redirect/Get). A browser's form post
+/// that is answered with a page of errors (4xx HTML) is redirected, 303, to the page that held
+/// the form (its same-origin `Referer`), and that page's next GET shows the refused form once,
+/// with its errors and values; a reload then shows the page afresh and re-posts nothing. The
+/// answer is kept in the signed-in session only (a visitor without one gets it in place, as do
+/// answers marked `NoReplay`, which hold something that must not be stored).
+pub async fn form_replay(
+    State(state): State<AppState>,
+    session: Session,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/") || path.starts_with("/static/") || session.id().is_none() {
+        return next.run(request).await;
+    }
+    let here = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.to_string(), |pq| pq.as_str().to_string());
+    if request.method() == Method::GET {
+        let navigation = request
+            .headers()
+            .get("sec-fetch-mode")
+            .is_none_or(|v| v.as_bytes() == b"navigate");
+        return match take_replay(&session, &here, navigation).await {
+            Some(replay) => replay_response(replay),
+            None => next.run(request).await,
+        };
+    }
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let back = request
+        .headers()
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| same_origin_path(r, &state.base_origin));
+    let response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    let (Some(back), true, true, None) = (
+        back,
+        response.status().is_client_error(),
+        is_html,
+        response.extensions().get::<NoReplay>(),
+    ) else {
+        return response;
+    };
+    let (parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let replay = Replay {
+        path: back.clone(),
+        at: crate::db::now(),
+        status: parts.status.as_u16(),
+        retry_after: parts
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    match session.insert(REPLAY_KEY, replay).await {
+        Ok(()) => Redirect::to(&back).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not keep a refused form for its page");
+            Response::from_parts(parts, axum::body::Body::from(body))
+        }
+    }
+}
+
+/// Marks an answer that `form_replay` must show in place, never keep in the session.
+#[derive(Clone, Copy, Debug)]
+pub struct NoReplay;
+
+const REPLAY_KEY: &str = "form_replay";
+
+#[derive(Serialize, Deserialize)]
+struct Replay {
+    path: String,
+    at: i64,
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+/// How long a refused form waits for its page.
+const REPLAY_SECONDS: i64 = 60;
+
+/// The kept answer, once, if it is for this page and fresh. One kept for another page is
+/// dropped when the browser navigates elsewhere, not by a script's fetch (a page's progress
+/// poll may land between the redirect and the page it leads to).
+async fn take_replay(session: &Session, here: &str, navigation: bool) -> Option<Replay> {
+    let replay = session.get::<Replay>(REPLAY_KEY).await.ok()??;
+    let mine = replay.path == here;
+    if mine || navigation {
+        let _ = session.remove::<Replay>(REPLAY_KEY).await;
+    }
+    (mine && crate::db::now() - replay.at <= REPLAY_SECONDS).then_some(replay)
+}
+
+fn replay_response(replay: Replay) -> Response {
+    let status = StatusCode::from_u16(replay.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    let mut response = (status, Html(replay.body)).into_response();
+    if let Some(v) = replay
+        .retry_after
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// The path (and query) of `referer` when it is a page of this site, else `None`.
+fn same_origin_path(referer: &str, base_origin: &str) -> Option<String> {
+    let url = url::Url::parse(referer).ok()?;
+    if url.origin().ascii_serialization() != base_origin {
+        return None;
+    }
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    (safe_next(Some(&path)) == path).then_some(path)
+}
+
 /// Refuses a state-changing request that a browser says came from another origin.
 /// Non-browser clients (the CLI, curl) send no Origin; they authenticate with a bearer token.
 pub async fn origin_check(
@@ -296,6 +434,21 @@ mod tests {
     }
 
     #[test]
+    fn commands_in_a_message_become_escaped_blocks_that_wrap_between_arguments() {
+        let Ok(askama::filters::Safe(html)) = filters::commands(
+            "Convert <it> with: `openssl x509 -in a&b.der` then upload.",
+            &(),
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(
+            html,
+            "Convert &#60;it&#62; with: <code class=\"cmd\"><span>openssl</span> <span>x509</span> \
+             <span>-in</span> <span>a&#38;b.der</span></code> then upload."
+        );
+    }
+
+    #[test]
     fn next_is_only_ever_a_path_on_this_site() {
         for bad in [
             "//evil.example/x",
@@ -311,6 +464,24 @@ mod tests {
         }
         assert_eq!(safe_next(Some("/tickets/3?x=1")), "/tickets/3?x=1");
         assert_eq!(safe_next(None), "/apps");
+    }
+
+    #[test]
+    fn a_refused_form_goes_back_only_to_a_page_of_this_site() {
+        let base = "http://127.0.0.1:8080";
+        assert_eq!(
+            same_origin_path("http://127.0.0.1:8080/apps/shop?x=1", base).as_deref(),
+            Some("/apps/shop?x=1")
+        );
+        for other in [
+            "https://127.0.0.1:8080/apps",
+            "http://127.0.0.1:8081/apps",
+            "http://evil.example/apps",
+            "not a url",
+            "http://127.0.0.1:8080//evil.example/x",
+        ] {
+            assert_eq!(same_origin_path(other, base), None, "{other}");
+        }
     }
 
     #[test]
@@ -399,6 +570,35 @@ pub mod filters {
         Ok(askama::filters::Safe(
             escaped.to_string().replace('.', ".<wbr>"),
         ))
+    }
+
+    /// A message whose commands are in backticks (`openssl x509 …`), as HTML: each command a
+    /// block that one click selects whole (to copy) and that wraps only between its arguments,
+    /// never in the middle of a flag. Everything is HTML-escaped.
+    pub fn commands<T: std::fmt::Display>(
+        message: T,
+        _: &dyn askama::Values,
+    ) -> askama::Result<askama::filters::Safe<String>> {
+        let escape = |text: &str| {
+            askama::filters::escape(text, askama::filters::Html)
+                .map(|askama::filters::Safe(s)| s.to_string())
+                .unwrap_or_default()
+        };
+        let message = message.to_string();
+        let mut html = String::new();
+        for (i, part) in message.split('`').enumerate() {
+            if i % 2 == 0 {
+                html.push_str(&escape(part));
+            } else {
+                let words: Vec<String> = part
+                    .split(' ')
+                    .filter(|w| !w.is_empty())
+                    .map(|w| format!("<span>{}</span>", escape(w)))
+                    .collect();
+                html.push_str(&format!("<code class=\"cmd\">{}</code>", words.join(" ")));
+            }
+        }
+        Ok(askama::filters::Safe(html))
     }
 
     /// Unix seconds as a calendar date, `2026-11-24`.

@@ -26,7 +26,7 @@ use crate::{
     db,
     error::{AppError, AppResult},
     state::AppState,
-    web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
+    web::{self, Chrome, FormErrors, PageResult, filters, render, render_secret, see_other},
 };
 
 pub fn router() -> Router<AppState> {
@@ -110,7 +110,7 @@ async fn render_step(
         Some(_) => None,
         None => Some(EnrolmentView::new(shown_secret, &user.email)),
     };
-    Ok(render_status(
+    render_secret(
         status,
         &SecondFactorPage {
             chrome: viewer.chrome().await?,
@@ -119,7 +119,8 @@ async fn render_step(
             enrolment,
             errors,
         },
-    )?)
+    )
+    .map_err(Into::into)
 }
 
 async fn second_factor_page(
@@ -240,7 +241,7 @@ async fn render_security(
     .bind(me.user.id)
     .fetch_one(&state.db)
     .await?;
-    Ok(render_status(
+    render_secret(
         status,
         &SecurityPage {
             chrome: me.chrome().await?,
@@ -250,7 +251,8 @@ async fn render_security(
             required: me.user.role.is_staff(),
             errors,
         },
-    )?)
+    )
+    .map_err(Into::into)
 }
 
 async fn security_page(State(state): State<AppState>, me: SignedIn) -> PageResult {

@@ -104,8 +104,9 @@ pub fn csv_row(month: Month, line: &Line) -> String {
 }
 
 fn json_line(line: &Line) -> serde_json::Value {
+    // The same names as the CSV's columns.
     json!({
-        "customer": line.customer,
+        "customer_email": line.customer,
         "app": line.app,
         "pair": line.pair,
         "from": web::rfc3339(line.from),
@@ -286,7 +287,7 @@ async fn events_api(
             json!({
                 "id": e.id,
                 "kind": e.kind,
-                "customer": e.customer,
+                "customer_email": e.customer,
                 "app": e.app,
                 "pair": e.pair,
                 "occurred_at": web::rfc3339(e.occurred_at),

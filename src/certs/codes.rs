@@ -52,27 +52,27 @@ pub fn not_pem(field: &str, format: BinaryFormat) -> ErrorItem {
     let (what, fix) = match format {
         BinaryFormat::Pkcs12 => (
             "a PKCS#12 / PFX bundle",
-            "openssl pkcs12 -in bundle.pfx -nokeys -out certificate.pem && openssl pkcs12 -in bundle.pfx -nocerts -nodes -out key.pem",
+            "`openssl pkcs12 -in bundle.pfx -nokeys -out certificate.pem` and `openssl pkcs12 -in bundle.pfx -nocerts -nodes -out key.pem`",
         ),
         BinaryFormat::Pkcs7 => (
             "a PKCS#7 (.p7b) bundle",
-            "openssl pkcs7 -inform der -in bundle.p7b -print_certs -out chain.pem",
+            "`openssl pkcs7 -inform der -in bundle.p7b -print_certs -out chain.pem`",
         ),
         BinaryFormat::Pkcs7Pem => (
             "a PKCS#7 (.p7b) bundle in PEM armour",
-            "openssl pkcs7 -in bundle.p7b -print_certs -out chain.pem",
+            "`openssl pkcs7 -in bundle.p7b -print_certs -out chain.pem`",
         ),
         BinaryFormat::DerCertificate => (
             "a DER (binary) certificate",
-            "openssl x509 -inform der -in certificate.der -out certificate.pem",
+            "`openssl x509 -inform der -in certificate.der -out certificate.pem`",
         ),
         BinaryFormat::DerKey => (
             "a DER (binary) private key",
-            "openssl pkey -inform der -in key.der -out key.pem",
+            "`openssl pkey -inform der -in key.der -out key.pem`",
         ),
         BinaryFormat::Unknown => (
             "binary data that is not PEM",
-            "openssl x509 -inform der -in FILE -out certificate.pem (for a certificate) or openssl pkey -inform der -in FILE -out key.pem (for a key)",
+            "`openssl x509 -inform der -in FILE -out certificate.pem` (for a certificate) or `openssl pkey -inform der -in FILE -out key.pem` (for a key)",
         ),
         BinaryFormat::BadBase64 => (
             "a PEM block whose contents are damaged",
@@ -103,9 +103,9 @@ pub enum BinaryFormat {
 
 pub fn encrypted_key(legacy: bool) -> ErrorItem {
     let fix = if legacy {
-        "openssl rsa -in encrypted.key -out key.pem (or openssl ec for an EC key)"
+        "`openssl rsa -in encrypted.key -out key.pem` (or `openssl ec -in encrypted.key -out key.pem` for an EC key)"
     } else {
-        "openssl pkey -in encrypted.key -out key.pem"
+        "`openssl pkey -in encrypted.key -out key.pem`"
     };
     problem(
         ENCRYPTED_PRIVATE_KEY,

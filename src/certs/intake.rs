@@ -291,7 +291,7 @@ pub fn check(
         (Some((_, None)), None) => {
             errors.push(problem(
                 codes::NO_PRIVATE_KEY,
-                "The private key could not be read as an RSA, ECDSA (P-256/P-384) or Ed25519 key. Export it again with: openssl pkey -in key.pem -out key-clean.pem",
+                "The private key could not be read as an RSA, ECDSA (P-256/P-384) or Ed25519 key. Export it again with: `openssl pkey -in key.pem -out key-clean.pem`",
             ));
             fallback_leaf(&found.certs)
         }
@@ -301,7 +301,7 @@ pub fn check(
                 codes::KEY_MISMATCH,
                 format!(
                     "The private key does not belong to the certificate for {}. Upload the key you generated with this certificate's request. \
-                     Compare them with: openssl x509 -noout -pubkey -in certificate.pem | openssl sha256 and openssl pkey -pubout -in key.pem | openssl sha256",
+                     Compare them (the two must print the same) with: `openssl x509 -noout -pubkey -in certificate.pem | openssl sha256` and `openssl pkey -pubout -in key.pem | openssl sha256`",
                     found.certs[guess].display_name()
                 ),
             ));

@@ -38,11 +38,11 @@ impl KeyType {
         match self {
             Self::Rsa(bits) if *bits < 2048 => Some(format!(
                 "The certificate's RSA key has {bits} bits; browsers require at least 2048. \
-                 Generate a new key and have the certificate reissued: openssl req -new -newkey rsa:2048 -nodes -keyout key.pem -out request.csr"
+                 Generate a new key and have the certificate reissued: `openssl req -new -newkey rsa:2048 -nodes -keyout key.pem -out request.csr`"
             )),
             Self::Ec(curve) => Some(format!(
                 "The certificate uses the elliptic curve {}, which browsers do not accept for TLS certificates. \
-                 Use P-256 or P-384: openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out request.csr",
+                 Use P-256 or P-384: `openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out request.csr`",
                 curve_name(curve)
             )),
             Self::Other(oid) => Some(format!(

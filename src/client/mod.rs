@@ -537,6 +537,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::TicketsRetry { id, otp, wait } => {
+            let client = Client::configured()?;
+            let t = client
+                .post_fresh(&format!("/api/v1/tickets/{id}/retry"), json!({}), otp)
+                .await?;
+            println!(
+                "Ticket #{id}: deploying {} again to edge pair {}.",
+                output::s(&t["app"]),
+                output::s(&t["deployment"]["pair"])
+            );
+            if wait {
+                follow_deployment(&client, id).await?;
+            }
+            Ok(())
+        }
         Command::TicketsReject { id, reason } => {
             Client::configured()?
                 .post(

@@ -27,8 +27,6 @@ use crate::{
 
 /// How long a claimed job is reserved; renewed while it runs.
 const LEASE_SECONDS: i64 = 15;
-/// How long both nodes have to apply a new configuration.
-pub const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Job {
@@ -37,6 +35,8 @@ struct Job {
     pair_id: i64,
     target: Option<i64>,
     config_version: Option<i64>,
+    /// 1, then one more for each retry of a failed deployment.
+    run: i64,
 }
 
 pub async fn run(state: AppState) {
@@ -57,7 +57,7 @@ pub async fn run(state: AppState) {
 async fn claim_due(state: &AppState) -> anyhow::Result<()> {
     let now = db::now();
     let rows = sqlx::query(
-        "SELECT id, ticket_id, pair_id, target_certificate_id, config_version, state, lease_until FROM deploy_jobs \
+        "SELECT id, ticket_id, pair_id, target_certificate_id, config_version, run, state, lease_until FROM deploy_jobs \
          WHERE state = 'pending' OR (state = 'running' AND lease_until < $1) ORDER BY id LIMIT 10",
     )
     .bind(now)
@@ -85,6 +85,7 @@ async fn claim_due(state: &AppState) -> anyhow::Result<()> {
             pair_id: row.try_get("pair_id")?,
             target: row.try_get("target_certificate_id")?,
             config_version: row.try_get("config_version")?,
+            run: row.try_get("run")?,
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -102,6 +103,17 @@ async fn claim_due(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Job {
+    /// A mail's idempotency key: once per run, so a retried deployment that fails again or
+    /// seals to new nodes says so again (the first run keeps the keys it always had).
+    fn mail_key(&self, ticket_id: i64, what: &str) -> String {
+        match self.run {
+            1 => format!("ticket:{ticket_id}:{what}"),
+            run => format!("ticket:{ticket_id}:run{run}:{what}"),
+        }
+    }
+}
+
 async fn renew_lease(state: &AppState, job: &Job) -> anyhow::Result<()> {
     sqlx::query("UPDATE deploy_jobs SET lease_until = $1 WHERE id = $2 AND state = 'running'")
         .bind(db::now() + LEASE_SECONDS)
@@ -117,7 +129,7 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
     let ticket = tickets::store::find(&state.db, job.ticket_id)
         .await?
         .context("the job's ticket is gone")?;
-    if ticket.state.is_final() {
+    if !ticket.state.is_under_way() {
         return finish_job(state, job).await;
     }
     if ticket.state == TicketState::Approved {
@@ -279,7 +291,7 @@ async fn publish(
             format!("{}: where your private key is sealed", ticket.app),
             lines,
         );
-        mail::enqueue(&mut tx, &format!("ticket:{}:sealed", ticket.id), &mail).await?;
+        mail::enqueue(&mut tx, &job.mail_key(ticket.id, "sealed"), &mail).await?;
     }
     // Visitors resume across both nodes from the first deployment on; a released pair's keys go.
     match job.target {
@@ -327,7 +339,8 @@ async fn wait_until_applied(
     job: &Job,
     version: i64,
 ) -> anyhow::Result<Result<(), String>> {
-    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+    let timeout = state.config.apply_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last_renew = tokio::time::Instant::now();
     let mut noted = std::collections::HashSet::new();
     loop {
@@ -366,7 +379,7 @@ async fn wait_until_applied(
             return Ok(Err(format!(
                 "{} did not apply configuration {version} within {} s",
                 behind.join(" and "),
-                APPLY_TIMEOUT.as_secs()
+                timeout.as_secs()
             )));
         }
         if last_renew.elapsed() > Duration::from_secs(5) {
@@ -457,8 +470,8 @@ async fn verify_nodes(
             .await?;
             drop(conn);
             sqlx::query(
-                "INSERT INTO verifications (ticket_id, node_id, hostname, fingerprint_sha256, verified_at, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO verifications (ticket_id, node_id, hostname, fingerprint_sha256, verified_at, error, run) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(job.ticket_id)
             .bind(node.id)
@@ -466,6 +479,7 @@ async fn verify_nodes(
             .bind(fingerprint)
             .bind(now)
             .bind(error)
+            .bind(job.run)
             .execute(&state.db)
             .await?;
         }
@@ -624,7 +638,7 @@ async fn fail(
             ),
         ],
     );
-    mail::enqueue(&mut tx, &format!("ticket:{}:failed", ticket.id), &mail).await?;
+    mail::enqueue(&mut tx, &job.mail_key(ticket.id, "failed"), &mail).await?;
     for (staff_id, email) in tickets::store::staff_emails(&mut tx).await? {
         let mail = mail::Mail {
             to: email,
@@ -637,7 +651,7 @@ async fn fail(
         };
         mail::enqueue(
             &mut tx,
-            &format!("ticket:{}:failed:{staff_id}", ticket.id),
+            &job.mail_key(ticket.id, &format!("failed:{staff_id}")),
             &mail,
         )
         .await?;

@@ -332,24 +332,36 @@ pub async fn pair_of_app(conn: &mut AnyConnection, app_id: i64) -> AppResult<Opt
 }
 
 /// A deploy job for an approved ticket (one per ticket).
+/// Queues the ticket's deployment job: a new one, or — for a retry of a failed deployment —
+/// the ticket's finished job again as its next run. Returns the run.
 pub async fn create_job(
     conn: &mut AnyConnection,
     ticket_id: i64,
     pair_id: i64,
     target: Option<i64>,
-) -> AppResult<()> {
+) -> AppResult<i64> {
     let now = db::now();
-    sqlx::query(
+    let run: Option<i64> = sqlx::query_scalar(
         "INSERT INTO deploy_jobs (ticket_id, pair_id, target_certificate_id, state, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'pending', $4, $4)",
+         VALUES ($1, $2, $3, 'pending', $4, $4) \
+         ON CONFLICT (ticket_id) DO UPDATE SET pair_id = excluded.pair_id, \
+           target_certificate_id = excluded.target_certificate_id, state = 'pending', \
+           config_version = NULL, lease_until = 0, run = deploy_jobs.run + 1, updated_at = excluded.updated_at \
+         WHERE deploy_jobs.state = 'done' \
+         RETURNING run",
     )
     .bind(ticket_id)
     .bind(pair_id)
     .bind(target)
     .bind(now)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    run.ok_or_else(|| {
+        AppError::conflict(
+            "invalid_transition",
+            format!("Ticket #{ticket_id}'s deployment is still running."),
+        )
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -367,7 +379,7 @@ pub async fn verifications(db: &Db, ticket_id: i64) -> AppResult<Vec<Verificatio
     let rows = sqlx::query(
         "SELECT v.node_id, p.name AS pair, n.slot, n.address, v.hostname, v.fingerprint_sha256, v.verified_at, v.error \
          FROM verifications v JOIN edge_nodes n ON n.id = v.node_id JOIN edge_pairs p ON p.id = n.pair_id \
-         WHERE v.ticket_id = $1 ORDER BY v.id",
+         WHERE v.ticket_id = $1 AND v.run = (SELECT j.run FROM deploy_jobs j WHERE j.ticket_id = $1) ORDER BY v.id",
     )
     .bind(ticket_id)
     .fetch_all(db)

@@ -194,15 +194,77 @@ pub async fn approve(
     id: i64,
     otp: Option<&str>,
 ) -> AppResult<Ticket> {
+    start_deployment(state, staff, credential, ip, id, otp, Start::Approve).await
+}
+
+/// Retries a failed ticket's deployment, with every check of an approval (it seals the key
+/// again): a provision gets a free pair again (its pair went back to the pool when it failed),
+/// and the ticket's job runs again. The earlier run stays in the ticket's progress and history.
+pub async fn retry(
+    state: &AppState,
+    staff: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    id: i64,
+    otp: Option<&str>,
+) -> AppResult<Ticket> {
+    start_deployment(state, staff, credential, ip, id, otp, Start::Retry).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Approve,
+    Retry,
+}
+
+impl Start {
+    fn action(self) -> &'static str {
+        match self {
+            Start::Approve => "ticket.approved",
+            Start::Retry => "ticket.retried",
+        }
+    }
+
+    /// The state a ticket must be in for this start, and what to say when it is not.
+    fn check(self, ticket: &Ticket) -> AppResult<()> {
+        let id = ticket.id;
+        match (self, ticket.state) {
+            (Start::Approve, TicketState::Failed) => Err(AppError::conflict(
+                "invalid_transition",
+                format!(
+                    "Ticket #{id} was approved and its deployment failed; retry the deployment instead (the \"Retry deployment\" button, or `certdrop tickets:retry {id}`)."
+                ),
+            )),
+            (Start::Retry, s) if s != TicketState::Failed => Err(AppError::conflict(
+                "invalid_transition",
+                format!(
+                    "Only a failed deployment can be retried; ticket #{id} is {}.",
+                    s.as_str()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn start_deployment(
+    state: &AppState,
+    staff: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    id: i64,
+    otp: Option<&str>,
+    start: Start,
+) -> AppResult<Ticket> {
     // A ticket the caller cannot see is a 404 before it is a 403, as for any object.
     let ticket = store::find_visible(&state.db, staff, id).await?;
-    let result = approve_visible(state, staff, credential, ip, &ticket, otp).await;
+    let result = start_visible(state, staff, credential, ip, &ticket, otp, start).await;
     if let Err(err) = &result
         && err.status.is_client_error()
     {
         audit::record(
             &state.db,
-            Entry::new(Some(staff), "ticket.approved", "ticket", id)
+            Entry::new(Some(staff), start.action(), "ticket", id)
                 .app(&ticket.app)
                 .refused(err)
                 .ip(ip.0),
@@ -213,15 +275,17 @@ pub async fn approve(
     store::get(&state.db, id).await
 }
 
-async fn approve_visible(
+async fn start_visible(
     state: &AppState,
     staff: &User,
     credential: &Credential,
     ip: ClientIp,
     ticket: &Ticket,
     otp: Option<&str>,
+    start: Start,
 ) -> AppResult<()> {
     staff.require_staff()?;
+    start.check(ticket)?;
     second_factor::require_fresh(state, staff, credential, ip, otp).await?;
     let id = ticket.id;
     let seals_key = ticket.kind != TicketKind::Remove;
@@ -238,6 +302,10 @@ async fn approve_visible(
     }
     let not_vouched_by = state.config.separation_of_duties.then_some(staff.id);
     let mut tx = state.db.begin().await?;
+    if start == Start::Retry {
+        // The failed run's steps stay on the page, ahead of the new run's.
+        progress::archive(&mut tx, id).await?;
+    }
     store::transition(&mut tx, id, TicketState::Approved, Some(staff.id), None).await?;
     let pair = match ticket.kind {
         TicketKind::Provision => {
@@ -258,28 +326,50 @@ async fn approve_visible(
                 )
             })?,
     };
-    edge::store::create_job(
+    let run = edge::store::create_job(
         &mut tx,
         id,
         pair,
         ticket.certificate_id.filter(|_| seals_key),
     )
     .await?;
+    let (subject, key) = match start {
+        Start::Approve => (
+            format!("Ticket #{id} approved: deploying {}", ticket.app),
+            format!("ticket:{id}:approved"),
+        ),
+        Start::Retry => (
+            format!("Ticket #{id}: deploying {} again", ticket.app),
+            format!("ticket:{id}:run{run}:approved"),
+        ),
+    };
+    let first = match start {
+        Start::Approve => format!(
+            "Staff approved your {} ticket for {}.",
+            ticket.kind.as_str(),
+            ticket.app
+        ),
+        Start::Retry => format!(
+            "Staff are deploying your {} ticket for {} again, after the earlier attempt failed.",
+            ticket.kind.as_str(),
+            ticket.app
+        ),
+    };
     let mail = customer_mail(
         state,
         ticket,
-        format!("Ticket #{id} approved: deploying {}", ticket.app),
+        subject,
         vec![
-            format!("Staff approved your {} ticket for {}.", ticket.kind.as_str(), ticket.app),
+            first,
             "certdrop is deploying it to the app's edge pair now and will write again once both servers are verified.".into(),
         ],
     );
-    mail::enqueue(&mut tx, &format!("ticket:{id}:approved"), &mail).await?;
+    mail::enqueue(&mut tx, &key, &mail).await?;
     audit::record(
         &mut *tx,
-        Entry::new(Some(staff), "ticket.approved", "ticket", id)
+        Entry::new(Some(staff), start.action(), "ticket", id)
             .app(&ticket.app)
-            .detail(json!({"pair_id": pair}))
+            .detail(json!({"pair_id": pair, "run": run}))
             .ip(ip.0),
     )
     .await?;
@@ -347,7 +437,7 @@ pub async fn decision(state: &AppState, staff: &User, ticket: &Ticket) -> AppRes
                 Some(at) => warnings.push(format!(
                     "{name} was last seen {} s ago: the deployment fails unless it is back within {} s of approval.",
                     now - at,
-                    edge::deploy::APPLY_TIMEOUT.as_secs()
+                    state.config.apply_timeout.as_secs()
                 )),
                 None => warnings.push(format!(
                     "{name} has never reached the control plane: start it before approving, or the deployment fails."

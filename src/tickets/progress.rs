@@ -44,6 +44,24 @@ pub async fn record(
     Ok(())
 }
 
+/// Before a retry: the ticket's steps so far become the record of an earlier run (their keys
+/// get a `runN:` prefix), so the new run writes its own steps and its nodes' state is its own.
+pub async fn archive(conn: &mut AnyConnection, ticket_id: i64) -> AppResult<()> {
+    let runs: i64 = sqlx::query_scalar("SELECT run FROM deploy_jobs WHERE ticket_id = $1")
+        .bind(ticket_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or(1);
+    sqlx::query(
+        "UPDATE deploy_steps SET step = $1 || step WHERE ticket_id = $2 AND step NOT LIKE 'run%'",
+    )
+    .bind(format!("run{runs}:"))
+    .bind(ticket_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The steps so far, oldest first, each with the time it took since the one before.
 pub async fn steps(db: &Db, ticket_id: i64) -> AppResult<Vec<Step>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(

@@ -37,12 +37,14 @@ pub fn router() -> Router<AppState> {
         .route("/tickets/{id}", get(ticket_page))
         .route("/tickets/{id}/progress", get(progress_json))
         .route("/tickets/{id}/approve", post(approve_page))
+        .route("/tickets/{id}/retry", post(retry_page))
         .route("/tickets/{id}/reject", post(reject_page))
         .route("/tickets/{id}/cancel", post(cancel_page))
         .route("/tickets/{id}/comments", post(comment_page))
         .route("/api/v1/tickets", get(list_api).post(open_api))
         .route("/api/v1/tickets/{id}", get(show_api))
         .route("/api/v1/tickets/{id}/approve", post(approve_api))
+        .route("/api/v1/tickets/{id}/retry", post(retry_api))
         .route("/api/v1/tickets/{id}/reject", post(reject_api))
         .route("/api/v1/tickets/{id}/cancel", post(cancel_api))
         .route("/api/v1/tickets/{id}/comments", post(comment_api))
@@ -226,6 +228,19 @@ async fn approve_api(
     Ok(Json(ticket_json(&state, &ticket).await?).into_response())
 }
 
+async fn retry_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ApiCredential(credential): ApiCredential,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> AppResult<Response> {
+    let req: ApproveRequest = crate::web::optional_json(&body)?;
+    let ticket = super::retry(&state, &user, &credential, ip, id, req.otp.as_deref()).await?;
+    Ok(Json(ticket_json(&state, &ticket).await?).into_response())
+}
+
 #[derive(Deserialize)]
 struct ReasonRequest {
     reason: String,
@@ -377,7 +392,7 @@ struct TicketPage {
     errors: FormErrors,
     monthly_price: String,
     progress: Vec<super::progress::Step>,
-    /// For staff, while the ticket is open: where it would deploy and what stands in the way.
+    /// For staff, while the ticket is open or failed: where it would deploy and what stands in the way.
     decision: Option<super::Decision>,
 }
 
@@ -434,7 +449,9 @@ async fn render_ticket(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let decision = if me.user.role.is_staff() && ticket.state == TicketState::Open {
+    let decision = if me.user.role.is_staff()
+        && matches!(ticket.state, TicketState::Open | TicketState::Failed)
+    {
         Some(super::decision(state, &me.user, &ticket).await?)
     } else {
         None
@@ -605,6 +622,27 @@ async fn approve_page(
         id,
         result,
         "Approved. The deployment has started; this page shows its progress.",
+    )
+    .await
+}
+
+async fn retry_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    CsrfForm(form): CsrfForm<ApproveForm>,
+) -> PageResult {
+    let credential = Credential::Session(me.session.clone());
+    let result = super::retry(&state, &me.user, &credential, ip, id, form.otp.as_deref())
+        .await
+        .map(|_| ());
+    after_action(
+        &state,
+        &me,
+        id,
+        result,
+        "Deploying again; this page shows its progress.",
     )
     .await
 }

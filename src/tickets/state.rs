@@ -92,7 +92,9 @@ impl TicketState {
             Open => &[Approved, Rejected, Cancelled],
             Approved => &[Deploying, Failed],
             Deploying => &[Deployed, Failed],
-            Deployed | Failed | Rejected | Cancelled => &[],
+            // Staff retry a failed deployment: approved again, with the same checks.
+            Failed => &[Approved],
+            Deployed | Rejected | Cancelled => &[],
         }
     }
 
@@ -135,7 +137,15 @@ mod tests {
         assert!(!Open.can_move_to(Deployed));
         assert!(!Rejected.can_move_to(Approved));
         assert!(!Deployed.can_move_to(Open));
-        assert_eq!(TicketState::sources(Approved), [Open]);
+        assert!(
+            Failed.can_move_to(Approved),
+            "a failed deployment can be retried"
+        );
+        assert!(
+            !Failed.can_move_to(Deploying),
+            "a retry is approved again first"
+        );
+        assert_eq!(TicketState::sources(Approved), [Open, Failed]);
         assert_eq!(TicketState::sources(Failed), [Approved, Deploying]);
     }
 }

@@ -120,6 +120,9 @@ pub async fn record_event(
     .await?;
     // The moves a deployment makes are steps of its live progress too.
     let step = match to {
+        Some(TicketState::Approved) if from == Some(TicketState::Failed) => {
+            Some(("Retry approved by staff".to_string(), true))
+        }
         Some(TicketState::Approved) => Some(("Approved by staff".to_string(), true)),
         Some(TicketState::Deploying) => Some(("Deployment started".to_string(), true)),
         Some(TicketState::Deployed) => Some(("Deployed".to_string(), true)),

@@ -161,7 +161,7 @@ pub fn read_identity(path: &Path) -> anyhow::Result<Identity> {
             .mode();
         if mode & 0o077 != 0 {
             bail!(
-                "the vault identity {} is readable by other users (mode {:o}); run: chmod 600 {}",
+                "the vault identity {} is readable by other users (mode {:o}); run: `chmod 600 {}`",
                 path.display(),
                 mode & 0o777,
                 path.display()

@@ -2,7 +2,7 @@ use certdrop::accounts::Role;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::db_test;
+use crate::{common::Resp, db_test};
 
 db_test! {
     async fn a_customer_creates_an_app_and_adds_domains(app) {
@@ -137,5 +137,44 @@ db_test! {
         let resp = browser.submit("/apps/shop", "/apps/shop/delete", &[]).await;
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
         assert_eq!(app.count("SELECT COUNT(*) FROM apps").await, 0);
+    }
+}
+
+db_test! {
+    async fn a_refused_form_comes_back_on_its_page_and_a_reload_posts_nothing(app) {
+        let browser = app.signed_in_browser("ann@example.com", Role::Customer).await;
+        let fields = [("name", "Bad Name!"), ("backend_url", "http://10.0.0.5:8000")];
+        let resp = browser.submit_from("/apps", "/apps", &fields).await;
+        assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+        assert_eq!(resp.location(), "/apps", "back to the page that held the form");
+        let page = browser.get("/apps").await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(page.body.contains("id=\"name-error\""), "the error sits next to its field: {}", page.body);
+        assert!(page.body.contains("value=\"Bad Name!\""), "what was typed comes back");
+        let reload = browser.get("/apps").await;
+        assert_eq!(reload.status, StatusCode::OK, "a reload shows the page afresh");
+        assert!(!reload.body.contains("name-error"));
+        assert_eq!(app.count("SELECT COUNT(*) FROM apps").await, 0);
+
+        // A refused domain comes back on the app page, not on /apps/shop/domains.
+        browser.submit("/apps", "/apps", &[("name", "shop"), ("backend_url", "http://10.0.0.5:8000")]).await;
+        let resp = browser.submit_from("/apps/shop", "/apps/shop/domains", &[("hostname", "not a host")]).await;
+        assert_eq!((resp.status, resp.location()), (StatusCode::SEE_OTHER, "/apps/shop"));
+        // Another page visited first: the kept answer is dropped, never shown on the wrong page.
+        assert_eq!(browser.get("/apps").await.status, StatusCode::OK);
+        let page = browser.get("/apps/shop").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(!page.body.contains("hostname-error"));
+
+        // A form posted from another site's page is answered in place (no redirect to it).
+        let token = browser.csrf("/apps").await;
+        let resp = Resp::read(
+            browser.http.post(app.url("/apps"))
+                .header("origin", &browser.base)
+                .header("referer", "https://evil.example/apps")
+                .form(&[("csrf_token", token.as_str()), ("name", "Bad Name!"), ("backend_url", "http://10.0.0.5:8000")])
+                .send().await.unwrap(),
+        ).await;
+        assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

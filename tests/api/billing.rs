@@ -76,7 +76,7 @@ db_test! {
         assert_eq!(events[0]["unit_price_cents"], 2000);
         assert_eq!(events[0]["currency"], "USD");
         assert_eq!(events[0]["pair"], "edge-b");
-        assert_eq!(events[0]["customer"], "ann@example.com");
+        assert_eq!(events[0]["customer_email"], "ann@example.com");
         let at = |e: &Value| time::OffsetDateTime::parse(e["occurred_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap().unix_timestamp();
         let held = at(&events[1]) - at(&events[0]);
         assert!(held >= 1);
@@ -88,6 +88,7 @@ db_test! {
         assert_eq!(lines.len(), 1, "one interval");
         assert_eq!(lines[0]["seconds"], held);
         assert_eq!(lines[0]["open"], false);
+        assert_eq!(lines[0]["customer_email"], "ann@example.com");
         let expected = certdrop::billing::statement::prorate(2000, held, month.seconds());
         assert_eq!(lines[0]["amount_cents"], expected);
         assert_eq!(statement.json["total_cents"], expected);
@@ -98,6 +99,10 @@ db_test! {
         assert_eq!(rows.len(), 1);
         assert_eq!(&rows[0][1], "ann@example.com");
         assert_eq!(rows[0][6].parse::<i64>().unwrap(), held);
+        let header = csv.body.lines().next().unwrap();
+        for column in header.split(',').filter(|c| *c != "month") {
+            assert!(lines[0].get(column).is_some(), "the JSON export names {column} as the CSV does");
+        }
         assert_eq!(app.count("SELECT COUNT(*) FROM billing_events").await, 2, "billed once for each end of the interval");
     }
 }

@@ -440,6 +440,27 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         chrome.click("Add domain").await;
         chrome.wait_for_path("/apps/shop").await;
     }
+    // A refused form comes back on its page (not on the POST's URL), and a reload posts nothing.
+    chrome.fill("hostname", "not a host").await;
+    chrome.click("Add domain").await;
+    assert_eq!(chrome.path().await, "/apps/shop");
+    assert!(
+        chrome
+            .client
+            .find(Locator::Id("hostname-error"))
+            .await
+            .is_ok()
+    );
+    chrome.client.refresh().await.unwrap();
+    assert_eq!(chrome.path().await, "/apps/shop");
+    assert!(
+        chrome
+            .client
+            .find(Locator::Id("hostname-error"))
+            .await
+            .is_err(),
+        "a reload shows the page afresh"
+    );
     assert!(chrome.text().await.contains("No certificates yet"));
     // Each domain waits for its proof; the page shows the TXT record to create, copyable.
     let page = chrome.text().await;
@@ -463,6 +484,7 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         "the warning is explained:\n{report}"
     );
     assert!(report.contains(&first.fingerprint()));
+    let report_path = chrome.path().await;
     assert!(
         report.contains("Request provisioning with this certificate"),
         "the report offers the next step:\n{report}"
@@ -607,6 +629,23 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         message.contains("does not belong") && message.contains("openssl"),
         "{message}"
     );
+    assert_eq!(
+        chrome.path().await,
+        "/apps/shop/certs/new",
+        "a refused upload comes back on the upload page"
+    );
+    // The commands to check the pair are blocks one click selects whole, not prose.
+    let mut commands = Vec::new();
+    for code in error.find_all(Locator::Css("code.cmd")).await.unwrap() {
+        commands.push(code.text().await.unwrap());
+    }
+    assert_eq!(
+        commands,
+        [
+            "openssl x509 -noout -pubkey -in certificate.pem | openssl sha256",
+            "openssl pkey -pubout -in key.pem | openssl sha256"
+        ]
+    );
     chrome.check_page("upload with an error").await;
     chrome.shot("10-upload-error").await;
     chrome.upload("shop", &cert2, &key2, Some(&chain)).await;
@@ -710,5 +749,43 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     assert_eq!(rows.len(), 1, "{csv}");
     assert_eq!(&rows[0][1], "ann@example.com");
     assert_eq!(&rows[0][2], "shop");
+
+    // 5. Every page, at desktop and phone width: a screenshot each, nothing wider than the
+    //    screen, no table hiding a column.
+    let pages = [
+        ("/apps", "apps"),
+        ("/apps/shop", "app"),
+        ("/apps/shop/certs/new", "upload"),
+        (report_path.as_str(), "certificate"),
+        (ticket_one.as_str(), "ticket"),
+        ("/tickets", "tickets"),
+        ("/staff/tickets", "staff-queue"),
+        ("/staff/edge-pairs", "edge-pairs"),
+        ("/admin/platform", "platform"),
+        ("/admin/users", "users"),
+        ("/admin/audit", "audit"),
+        ("/billing", "billing"),
+        ("/account/security", "security"),
+        ("/account/tokens", "tokens"),
+    ];
+    let widths = [((1280, 1000), "desktop"), ((390, 844), "phone")];
+    for ((w, h), width) in widths {
+        chrome.client.set_window_size(w, h).await.unwrap();
+        for (page, name) in pages {
+            chrome.goto(page).await;
+            chrome.check_page(&format!("{page} at {width} width")).await;
+            chrome.shot(&format!("20-{name}-{width}")).await;
+        }
+    }
+    chrome.client.set_window_size(1280, 1000).await.unwrap();
+    chrome.sign_out().await;
+    for ((w, h), width) in widths {
+        chrome.client.set_window_size(w, h).await.unwrap();
+        for (page, name) in [("/login", "login"), ("/signup", "signup")] {
+            chrome.goto(page).await;
+            chrome.check_page(&format!("{page} at {width} width")).await;
+            chrome.shot(&format!("20-{name}-{width}")).await;
+        }
+    }
     chrome.client.clone().close().await.unwrap();
 }

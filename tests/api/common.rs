@@ -391,7 +391,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    async fn read(resp: reqwest::Response) -> Self {
+    pub async fn read(resp: reqwest::Response) -> Self {
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.text().await.unwrap();
@@ -597,6 +597,30 @@ impl Browser {
         let mut all = vec![("csrf_token", token.as_str())];
         all.extend_from_slice(fields);
         self.post_form(action, &all).await
+    }
+
+    /// Posts a form from the page at `form_page` as Chromium does: with its CSRF token and that
+    /// page as the `Referer`.
+    pub async fn submit_from(
+        &self,
+        form_page: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> Resp {
+        let token = self.csrf(form_page).await;
+        let mut all = vec![("csrf_token", token.as_str())];
+        all.extend_from_slice(fields);
+        Resp::read(
+            self.http
+                .post(format!("{}{action}", self.base))
+                .header("origin", &self.base)
+                .header("referer", format!("{}{form_page}", self.base))
+                .form(&all)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn log_in(&self, email: &str, password: &str) -> Resp {

@@ -527,3 +527,191 @@ async fn a_deployment_survives_a_control_plane_crash_on_sqlite() {
 async fn a_deployment_survives_a_control_plane_crash_on_postgres() {
     a_deployment_survives_a_control_plane_crash(crate::common::Backend::Postgres).await;
 }
+
+/// A deployment that fails because a node is down (it never applies the configuration) is
+/// rolled back; once the node is back, staff retry it and it deploys, once. Only staff retry,
+/// only a failed ticket, and the failed run stays on record.
+async fn a_failed_deployment_is_retried_once_its_cause_is_fixed(backend: crate::common::Backend) {
+    let Some(app) =
+        crate::common::TestApp::spawn_with(backend, |c| c.apply_timeout = Duration::from_secs(3))
+            .await
+    else {
+        return;
+    };
+    let root = pki::root("Retry Root");
+    let a = pki::leaf(&["www.example.com"], &root, Alg::P256);
+    let ([one, two], ann) = serve_shop(&app, echo_backend().await, &[], &a, b"").await;
+    let tess = app.api_user("tess@example.com", Role::Staff).await;
+    let b = pki::leaf(&["www.example.com"], &root, Alg::Rsa2048);
+    let b_id = ann.upload_id("shop", &b, b"").await;
+    let ticket = ann.open_ticket("shop", "update", Some(b_id)).await;
+    let mut two = two;
+    two.child.kill().unwrap();
+    two.child.wait().unwrap();
+    let resp = tess
+        .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let t = ann.get(&format!("/api/v1/tickets/{ticket}")).await.json;
+        if t["state"] == "failed" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the deployment never ended: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        failed["reason"].as_str().unwrap().contains("edge-x-2"),
+        "{failed}"
+    );
+    let states: Vec<&str> = failed["deployment"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["not_verified", "not_applied"], "{failed}");
+    let roots = roots(&root.pem());
+    let (served, _) = tls_check(one.tls, "www.example.com", roots.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        served[0],
+        a.fingerprint(),
+        "rolled back to what it served before"
+    );
+
+    // Only staff retry, and only a failed ticket; approving it again is not the way.
+    let resp = ann
+        .post(&format!("/api/v1/tickets/{ticket}/retry"), json!({}))
+        .await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN, "{}", resp.body);
+    let resp = tess
+        .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
+        .await;
+    assert_eq!(
+        (resp.status, resp.code()),
+        (StatusCode::CONFLICT, "invalid_transition")
+    );
+    assert!(resp.body.contains("tickets:retry"), "{}", resp.body);
+
+    // The node comes back and catches up; the retry deploys both nodes.
+    let two = two.restart(&app.address);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pairs = tess.get("/api/v1/edge-pairs").await.json;
+        let pair = pairs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "edge-x")
+            .unwrap()
+            .clone();
+        if pair["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["applied_version"] == pair["config_version"])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never caught up: {pair}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Staff retry from the ticket page, which offers it with what stands in the way.
+    let page_staff = app.signed_in_browser("tom@example.com", Role::Staff).await;
+    let path = format!("/tickets/{ticket}");
+    let page = page_staff.get(&path).await;
+    assert!(
+        page.body.contains("Retry deployment")
+            && page
+                .body
+                .contains(&format!("action=\"/tickets/{ticket}/retry\"")),
+        "{}",
+        page.body
+    );
+    let resp = page_staff
+        .submit_from(&path, &format!("/tickets/{ticket}/retry"), &[("otp", "")])
+        .await;
+    assert_eq!(
+        (resp.status, resp.location()),
+        (StatusCode::SEE_OTHER, path.as_str()),
+        "{}",
+        resp.body
+    );
+    let done = wait_ticket(&ann, ticket, "deployed").await;
+    for node in done["deployment"]["nodes"].as_array().unwrap() {
+        assert_eq!(
+            node["state"], "verified",
+            "the new run's outcome, not the old one's: {done}"
+        );
+        assert_eq!(node["fingerprint_sha256"], b.fingerprint());
+    }
+    for node in [&one, &two] {
+        let (served, _) = tls_check(node.tls, "www.example.com", roots.clone())
+            .await
+            .unwrap();
+        assert_eq!(served[0], b.fingerprint());
+    }
+    let steps: Vec<&str> = done["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    let failed_at = steps
+        .iter()
+        .position(|s| s.starts_with("Failed:"))
+        .expect("the failed run stays");
+    let retried_at = steps
+        .iter()
+        .position(|s| *s == "Retry approved by staff")
+        .unwrap();
+    assert!(
+        failed_at < retried_at && steps.last() == Some(&"Deployed"),
+        "{steps:?}"
+    );
+    let mails = |key: String| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM mail_outbox WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    for key in ["failed", "run2:approved", "deployed"] {
+        assert_eq!(mails(format!("ticket:{ticket}:{key}")).await, 1, "{key}");
+    }
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'ticket.retried' AND outcome = 'ok'"
+        )
+        .await,
+        1
+    );
+    let resp = tess
+        .post(&format!("/api/v1/tickets/{ticket}/retry"), json!({}))
+        .await;
+    assert_eq!(
+        (resp.status, resp.code()),
+        (StatusCode::CONFLICT, "invalid_transition")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deployment_is_retried_once_its_cause_is_fixed_on_sqlite() {
+    a_failed_deployment_is_retried_once_its_cause_is_fixed(crate::common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deployment_is_retried_once_its_cause_is_fixed_on_postgres() {
+    a_failed_deployment_is_retried_once_its_cause_is_fixed(crate::common::Backend::Postgres).await;
+}
