@@ -157,6 +157,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate a key inside certdrop (sealed at birth) and print its CSR for your CA; then
+    /// `certs:add CRT [CHAIN...]` with the certificate it returns, no key needed.
+    #[command(name = "certs:generate")]
+    CertsGenerate {
+        #[arg(long)]
+        app: String,
+        /// p256 (ECDSA P-256, the default) or rsa2048.
+        #[arg(long, default_value = "p256")]
+        key_type: String,
+        /// e.g. "/C=US/O=Example Inc" (the Common Name is the first domain unless given).
+        #[arg(long)]
+        subject: Option<String>,
+        /// A name to ask for (repeat it); all of the app's domains when none.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Write the CSR to this file instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Upload a new certificate for an app that already serves one, and open an update ticket.
     #[command(name = "certs:update")]
     CertsUpdate {

@@ -41,6 +41,7 @@ pub fn intake(data: &[u8]) {
         private_key: fields.next().unwrap_or_default(),
         chain: fields.next().unwrap_or_default(),
         bypass: data.last().is_some_and(|b| b & 1 == 1),
+        born: &[],
     };
     let domains = ["www.example.com".to_string(), "*.example.org".to_string()];
     if let Err(refused) = check(&upload, &domains, trust, 1_790_000_000) {

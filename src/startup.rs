@@ -203,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .merge(domains::platform::router())
         .merge(audit::routes::router())
         .merge(certs::routes::router())
+        .merge(certs::csr_routes::router())
         .merge(tickets::routes::router())
         .merge(edge::routes::router())
         .merge(billing::routes::router())

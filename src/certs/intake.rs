@@ -21,6 +21,28 @@ pub struct Upload<'a> {
     pub private_key: &'a [u8],
     pub chain: &'a [u8],
     pub bypass: bool,
+    /// The app's keys born in the vault (`id`, `csr::public_key_id`): a certificate issued for
+    /// one of them needs no key in the upload.
+    pub born: &'a [(i64, String)],
+}
+
+/// Where the key of an accepted upload is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// In the upload; sealed now.
+    Uploaded,
+    /// Generated here for a CSR (`generated_keys.id`): sealed since its birth.
+    Born(i64),
+}
+
+impl KeyOrigin {
+    /// How the certificate lists show where it came from.
+    pub fn source(self) -> &'static str {
+        match self {
+            Self::Uploaded => "uploaded",
+            Self::Born(_) => "csr",
+        }
+    }
 }
 
 /// One certificate of the served chain, as reports show it.
@@ -46,13 +68,15 @@ pub struct Inspection {
     pub trusted: bool,
     pub chain: Vec<ChainEntry>,
     pub warnings: Vec<ErrorItem>,
+    pub key_origin: KeyOrigin,
 }
 
-/// An accepted upload: its inspection, the served chain in PEM, and the key to seal.
+/// An accepted upload: its inspection, the served chain in PEM, and the key to seal (none
+/// when it was born in the vault).
 pub struct Accepted {
     pub inspection: Inspection,
     pub chain_pem: String,
-    pub key: PlainKey,
+    pub key: Option<PlainKey>,
 }
 
 /// A refused upload: every problem found, and the leaf's fingerprint when one was identified.
@@ -251,12 +275,25 @@ pub fn check(
     if let Some(legacy) = found.encrypted {
         errors.push(codes::encrypted_key(legacy));
     }
+    // No key given: the certificate may be the one a CA signed for a CSR certdrop made.
+    let born = match (keys.is_empty(), found.encrypted) {
+        (true, None) => found.certs.iter().enumerate().find_map(|(i, c)| {
+            let id = super::csr::public_key_id(&c.public_key);
+            upload
+                .born
+                .iter()
+                .find(|(_, known)| *known == id)
+                .map(|(key_id, _)| (i, *key_id))
+        }),
+        _ => None,
+    };
     let key = match keys.len() {
         0 if found.encrypted.is_none() => {
-            if !errors.iter().any(|e| e.field == Some("private_key")) {
+            if born.is_none() && !errors.iter().any(|e| e.field == Some("private_key")) {
                 errors.push(problem(
                     codes::NO_PRIVATE_KEY,
-                    "No private key found. Add the key generated with your certificate request (the PEM block whose first line reads BEGIN PRIVATE KEY, or BEGIN RSA PRIVATE KEY).",
+                    "No private key found. Add the key generated with your certificate request (the PEM block whose first line reads BEGIN PRIVATE KEY, or BEGIN RSA PRIVATE KEY). \
+                     If certdrop generated the key (Generate a key and CSR), upload the certificate your CA signed for that CSR: no key is needed.",
                 ));
             }
             None
@@ -286,16 +323,16 @@ pub fn check(
         .as_ref()
         .and_then(|(_, public)| public.as_ref())
         .and_then(|public| found.certs.iter().position(|c| &c.public_key == public));
-    let leaf = match (&key_public, matching) {
-        (_, Some(i)) => i,
-        (Some((_, None)), None) => {
+    let leaf = match (born, &key_public, matching) {
+        (Some((i, _)), _, _) | (None, _, Some(i)) => i,
+        (None, Some((_, None)), None) => {
             errors.push(problem(
                 codes::NO_PRIVATE_KEY,
                 "The private key could not be read as an RSA, ECDSA (P-256/P-384) or Ed25519 key. Export it again with: `openssl pkey -in key.pem -out key-clean.pem`",
             ));
             fallback_leaf(&found.certs)
         }
-        (Some((_, Some(_))), None) => {
+        (None, Some((_, Some(_))), None) => {
             let guess = fallback_leaf(&found.certs);
             errors.push(problem(
                 codes::KEY_MISMATCH,
@@ -307,7 +344,7 @@ pub fn check(
             ));
             guess
         }
-        (None, None) => fallback_leaf(&found.certs),
+        (None, None, None) => fallback_leaf(&found.certs),
     };
     let certs = &found.certs;
     let leaf_cert = &certs[leaf];
@@ -393,7 +430,6 @@ pub fn check(
             fingerprint,
         });
     }
-    let key = key.expect("no errors means one usable key");
 
     let mut warnings = Vec::new();
     if built.reordered {
@@ -461,7 +497,15 @@ pub fn check(
     for cert in &served {
         chain_pem.push_str(&pem::encode("CERTIFICATE", &cert.der));
     }
-    let key_pem: Zeroizing<String> = pem::encode(key.label, &key.der);
+    // No errors means one usable key: in the upload, or born in the vault.
+    let key_origin = match born {
+        Some((_, id)) => KeyOrigin::Born(id),
+        None => KeyOrigin::Uploaded,
+    };
+    let key = key.map(|key| {
+        let key_pem: Zeroizing<String> = pem::encode(key.label, &key.der);
+        PlainKey::from_pem(key_pem)
+    });
     Ok(Accepted {
         inspection: Inspection {
             common_name: leaf_cert.common_name.clone(),
@@ -483,9 +527,10 @@ pub fn check(
                 })
                 .collect(),
             warnings,
+            key_origin,
         },
         chain_pem,
-        key: PlainKey::from_pem(key_pem),
+        key,
     })
 }
 

@@ -3,6 +3,8 @@
 
 pub mod chain;
 pub mod codes;
+pub mod csr;
+pub mod csr_routes;
 pub mod intake;
 pub mod pem;
 pub mod routes;

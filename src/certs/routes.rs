@@ -138,7 +138,8 @@ async fn upload(
         ));
     }
     let domains: Vec<String> = crate::domains::store::claimed_hostnames(&state.db, app).await?;
-    let checked = check_and_seal(state, form, domains).await?;
+    let born = store::born_keys(&state.db, app.id).await?;
+    let checked = check_and_seal(state, form, domains, born).await?;
     match checked {
         Ok((inspection, chain_pem, sealed)) => {
             store::insert(&state.db, app, user, ip.0, &inspection, &chain_pem, &sealed).await
@@ -164,12 +165,14 @@ async fn upload(
     }
 }
 
-/// Runs the intake against `domains` off the async runtime and seals an accepted key to the
-/// vault at once: the plaintext key never outlives this call.
+/// Runs the intake against `domains` (and the app's `born` keys) off the async runtime and
+/// seals an accepted key to the vault at once: the plaintext key never outlives this call. A
+/// certificate for a key born here takes that key's sealed copy.
 pub async fn check_and_seal(
     state: &AppState,
     form: UploadForm,
     domains: Vec<String>,
+    born: Vec<(i64, String)>,
 ) -> AppResult<Result<(intake::Inspection, String, crate::vault::SealedKey), intake::Refused>> {
     let (vault, trust) = (state.vault.clone(), state.trust.clone());
     let checked = tokio::task::spawn_blocking(move || {
@@ -178,16 +181,26 @@ pub async fn check_and_seal(
             private_key: &form.private_key,
             chain: &form.chain,
             bypass: form.bypass,
+            born: &born,
         };
         intake::check(&upload, &domains, &trust, db::now()).map(|accepted| {
-            let sealed = vault.seal(&accepted.key);
+            let sealed = accepted.key.as_ref().map(|key| vault.seal(key));
             (accepted.inspection, accepted.chain_pem, sealed)
         })
     })
     .await
     .map_err(|e| AppError::internal(anyhow::anyhow!("certificate check task: {e}")))?;
     match checked {
-        Ok((inspection, chain_pem, sealed)) => Ok(Ok((inspection, chain_pem, sealed?))),
+        Ok((inspection, chain_pem, Some(sealed))) => Ok(Ok((inspection, chain_pem, sealed?))),
+        Ok((inspection, chain_pem, None)) => {
+            let intake::KeyOrigin::Born(id) = inspection.key_origin else {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "an accepted upload without a key was not born here"
+                )));
+            };
+            let sealed = store::born_sealed_key(&state.db, id).await?;
+            Ok(Ok((inspection, chain_pem, sealed)))
+        }
         Err(refused) => Ok(Err(refused)),
     }
 }
@@ -224,6 +237,7 @@ pub fn report_json(cert: &Certificate, status: &str, sealed: &[SealedTo]) -> Val
         "trusted": cert.trusted,
         "chain_len": cert.chain_len,
         "warnings": cert.warnings,
+        "source": cert.source,
         "status": status,
         "sealed_to": sealed_to_json(sealed),
         "created_at": web::rfc3339(cert.created_at),

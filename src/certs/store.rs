@@ -1,10 +1,11 @@
-//! SQL for stored certificates. Visibility follows the app: a customer reads only certificates
-//! of their own apps. No query here ever selects `sealed_key` except `sealed_key_of`.
+//! SQL for stored certificates and the keys generated for CSRs. Visibility follows the app: a
+//! customer reads only certificates of their own apps. No query here ever selects `sealed_key`
+//! except `sealed_key_of` and `born_sealed_key`.
 
 use serde::Serialize;
 use sqlx::{Row, any::AnyRow};
 
-use super::intake::Inspection;
+use super::intake::{Inspection, KeyOrigin};
 use crate::{
     accounts::User,
     apps::store::App,
@@ -39,11 +40,13 @@ pub struct Certificate {
     pub warnings: Vec<Warning>,
     pub chain_pem: String,
     pub created_at: i64,
+    /// `uploaded` (with its key) or `csr` (its key born here).
+    pub source: String,
 }
 
 const COLUMNS: &str = "c.id, c.app_id, a.name AS app, c.common_name, c.sans, c.domains_covered, c.issuer, \
     c.not_before, c.not_after, c.fingerprint_sha256, c.key_type, c.trusted, c.chain_len, c.warnings, \
-    c.chain_pem, c.created_at FROM certificates c JOIN apps a ON a.id = c.app_id";
+    c.chain_pem, c.created_at, c.source FROM certificates c JOIN apps a ON a.id = c.app_id";
 
 fn json_list<T: serde::de::DeserializeOwned>(raw: &str) -> Result<Vec<T>, sqlx::Error> {
     serde_json::from_str(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -67,6 +70,7 @@ fn from_row(row: &AnyRow) -> Result<Certificate, sqlx::Error> {
         warnings: json_list(&row.try_get::<String, _>("warnings")?)?,
         chain_pem: row.try_get("chain_pem")?,
         created_at: row.try_get("created_at")?,
+        source: row.try_get("source")?,
     })
 }
 
@@ -93,8 +97,8 @@ pub async fn insert(
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO certificates (app_id, uploaded_by, common_name, sans, domains_covered, issuer, \
          not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
-         sealed_key, vault_recipient, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         sealed_key, vault_recipient, created_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT (app_id, fingerprint_sha256) DO NOTHING RETURNING id",
     )
     .bind(app.id)
@@ -114,6 +118,7 @@ pub async fn insert(
     .bind(&sealed.armored)
     .bind(&sealed.recipient)
     .bind(db::now())
+    .bind(inspection.key_origin.source())
     .fetch_optional(&mut *tx)
     .await?;
     let (id, created) = match inserted {
@@ -129,6 +134,15 @@ pub async fn insert(
             (id, false)
         }
     };
+    if let KeyOrigin::Born(key_id) = inspection.key_origin {
+        sqlx::query(
+            "UPDATE generated_keys SET certificate_id = $1 WHERE id = $2 AND certificate_id IS NULL",
+        )
+        .bind(id)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     audit::record(
         &mut *tx,
         Entry::new(Some(user), "cert.uploaded", "certificate", id)
@@ -284,4 +298,156 @@ pub async fn statuses(
         out.insert(*current, "deployed");
     }
     Ok(out)
+}
+
+/// A key generated here for an app, and its CSR. The sealed key is never read for display.
+#[derive(Clone, Debug)]
+pub struct GeneratedKey {
+    pub id: i64,
+    pub app: String,
+    pub key_type: String,
+    pub subject: String,
+    pub domains: Vec<String>,
+    pub csr_pem: String,
+    pub public_key_id: String,
+    pub created_at: i64,
+    /// The certificate a CA signed for it, once uploaded.
+    pub certificate_id: Option<i64>,
+}
+
+const GENERATED_COLUMNS: &str = "g.id, a.name AS app, g.key_type, g.subject, g.domains, g.csr_pem, \
+    g.public_key_sha256, g.created_at, g.certificate_id FROM generated_keys g JOIN apps a ON a.id = g.app_id";
+
+fn generated_from_row(row: &AnyRow) -> Result<GeneratedKey, sqlx::Error> {
+    Ok(GeneratedKey {
+        id: row.try_get("id")?,
+        app: row.try_get("app")?,
+        key_type: row.try_get("key_type")?,
+        subject: row.try_get("subject")?,
+        domains: json_list(&row.try_get::<String, _>("domains")?)?,
+        csr_pem: row.try_get("csr_pem")?,
+        public_key_id: row.try_get("public_key_sha256")?,
+        created_at: row.try_get("created_at")?,
+        certificate_id: row.try_get("certificate_id")?,
+    })
+}
+
+/// A CSR's key not completed by a certificate yet, at most this many per app.
+pub const MAX_OPEN_GENERATED_KEYS: i64 = 20;
+
+/// Stores a key generated for `app` (sealed at birth) with its audit entry, in one transaction.
+pub async fn insert_generated(
+    db: &Db,
+    app: &App,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    generated: &super::csr::Generated,
+    sealed: &SealedKey,
+) -> AppResult<GeneratedKey> {
+    let mut tx = db.begin().await?;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM generated_keys WHERE app_id = $1 AND certificate_id IS NULL",
+    )
+    .bind(app.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if open >= MAX_OPEN_GENERATED_KEYS {
+        return Err(AppError::conflict(
+            "too_many_csrs",
+            format!(
+                "{} already has {open} CSRs waiting for their certificates. Upload the certificates your CA signed for them first.",
+                app.name
+            ),
+        ));
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO generated_keys (app_id, created_by, key_type, subject, domains, csr_pem, public_key_sha256, \
+         sealed_key, vault_recipient, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(app.id)
+    .bind(user.id)
+    .bind(generated.kind.as_str())
+    .bind(&generated.subject)
+    .bind(serde_json::to_string(&generated.domains).expect("strings serialize"))
+    .bind(&generated.csr_pem)
+    .bind(&generated.public_key_id)
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(db::now())
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        Entry::new(Some(user), "key.generated", "generated_key", id)
+            .app(&app.name)
+            .detail(serde_json::json!({
+                "key_type": generated.kind.as_str(),
+                "public_key_sha256": generated.public_key_id,
+                "domains": generated.domains,
+            }))
+            .ip(ip),
+    )
+    .await?;
+    tx.commit().await?;
+    find_generated(db, app, id).await
+}
+
+/// One of `app`'s generated keys (the caller has checked the app is visible).
+pub async fn find_generated(db: &Db, app: &App, id: i64) -> AppResult<GeneratedKey> {
+    let row = sqlx::query(&format!(
+        "SELECT {GENERATED_COLUMNS} WHERE g.id = $1 AND g.app_id = $2"
+    ))
+    .bind(id)
+    .bind(app.id)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| AppError::not_found("CSR"))?;
+    Ok(generated_from_row(&row)?)
+}
+
+/// `app`'s generated keys, newest first.
+pub async fn generated_of_app(
+    db: &Db,
+    app: &App,
+    page: Page,
+) -> AppResult<(Vec<GeneratedKey>, Option<String>)> {
+    let before = if page.after == 0 {
+        i64::MAX
+    } else {
+        page.after
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {GENERATED_COLUMNS} WHERE g.app_id = $1 AND g.id < $2 ORDER BY g.id DESC LIMIT $3"
+    ))
+    .bind(app.id)
+    .bind(before)
+    .bind(page.fetch_limit())
+    .fetch_all(db)
+    .await?;
+    let keys = rows
+        .iter()
+        .map(generated_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page.finish(keys, |k| k.id))
+}
+
+/// What the intake matches a certificate without a key against: `(id, public key id)` of
+/// each key born for `app`.
+pub async fn born_keys(db: &Db, app_id: i64) -> AppResult<Vec<(i64, String)>> {
+    Ok(
+        sqlx::query_as("SELECT id, public_key_sha256 FROM generated_keys WHERE app_id = $1")
+            .bind(app_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// The sealed key of a generated key, to become its certificate's: never for display.
+pub async fn born_sealed_key(db: &Db, id: i64) -> AppResult<SealedKey> {
+    let (armored, recipient): (String, String) =
+        sqlx::query_as("SELECT sealed_key, vault_recipient FROM generated_keys WHERE id = $1")
+            .bind(id)
+            .fetch_one(db)
+            .await?;
+    Ok(SealedKey { armored, recipient })
 }

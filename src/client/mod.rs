@@ -436,6 +436,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "Domains",
                 "Expires",
                 "Trusted",
+                "Source",
                 "Status",
             ]);
             for c in &items {
@@ -445,6 +446,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     output::list(&c["sans"]),
                     output::s(&c["not_after"]).chars().take(10).collect(),
                     output::yes_no(&c["trusted"]),
+                    output::s(&c["source"]),
                     output::s(&c["status"]),
                 ]);
             }
@@ -465,6 +467,40 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             bypass,
             json,
         } => upload_and_open(&app, &files, bypass, json, Some("update")).await,
+        Command::CertsGenerate {
+            app,
+            key_type,
+            subject,
+            domains,
+            out,
+        } => {
+            let csr = Client::configured()?
+                .post(
+                    &format!("/api/v1/apps/{}/csrs", urlencode(&app)),
+                    json!({"key_type": key_type, "subject": subject, "domains": domains}),
+                )
+                .await?;
+            let pem = output::s(&csr["csr_pem"]);
+            match &out {
+                Some(path) => std::fs::write(path, &pem)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{pem}"),
+            }
+            eprintln!(
+                "Key #{} ({}) generated for {} and sealed in the vault; nobody holds it. Send the CSR{} to your certificate authority for {}, then upload what it returns: `certdrop certs:add CRT [CHAIN...] --app {app}` (no key needed).",
+                output::s(&csr["id"]),
+                output::s(&csr["key_type"]),
+                output::s(&csr["app"]),
+                out.as_ref()
+                    .map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default(),
+                csr["domains"]
+                    .as_array()
+                    .map(|d| d.iter().map(output::s).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            );
+            Ok(())
+        }
         Command::PlatformCert { files } => {
             let client = Client::configured()?;
             let cert = upload(&client, "/api/v1/platform/certificate", &files, false).await?;
@@ -798,7 +834,9 @@ type SortedUpload = (Option<Vec<u8>>, Vec<Vec<u8>>);
 /// Tells the key file from the certificates by what they hold, so `KEY CRT` works as well as
 /// `CRT KEY` (and no key ends up read as a chain): a PEM file with a private key and no
 /// certificate is the key; a bundle holding both counts as a certificate (the server finds its
-/// key). Files that are not PEM keep the documented order: the last one is the key.
+/// key). Files that are all PEM certificates carry no key: the certificate may be for a key
+/// certdrop generated (`certs:generate`). Otherwise the documented order holds: the last file
+/// is the key.
 fn sort_upload_files(files: Vec<(&PathBuf, Vec<u8>)>) -> anyhow::Result<SortedUpload> {
     let holds = |bytes: &[u8], label: &str| {
         String::from_utf8_lossy(bytes).contains(&format!("{label}-----"))
@@ -815,11 +853,10 @@ fn sort_upload_files(files: Vec<(&PathBuf, Vec<u8>)>) -> anyhow::Result<SortedUp
         );
     }
     let bundled_key = certs.iter().any(|(_, b)| holds(b, "PRIVATE KEY"));
-    if keys.is_empty() && !bundled_key {
+    let all_certificates = certs.iter().all(|(_, b)| holds(b, "CERTIFICATE"));
+    if keys.is_empty() && !bundled_key && !all_certificates {
         if certs.len() < 2 {
-            bail!(
-                "the private key is missing: give the certificate, its chain if any, and the key, as in `certdrop certs:add server.crt chain.pem server.key --app A` (the key is checked and sealed at once)"
-            );
+            bail!(MISSING_KEY);
         }
         keys.push(certs.pop().expect("two files or more"));
     }
@@ -848,6 +885,7 @@ pub async fn upload(
         .context("give the certificate file too: CRT [CHAIN...] KEY")?;
     let mut form = reqwest::multipart::Form::new()
         .part("certificate", reqwest::multipart::Part::bytes(cert.clone()));
+    let keyless = key.is_none();
     if let Some(key) = key {
         form = form.part("private_key", reqwest::multipart::Part::bytes(key));
     }
@@ -860,7 +898,16 @@ pub async fn upload(
     client
         .send(client.request(Method::POST, path).multipart(form))
         .await
+        .map_err(
+            |err| match keyless && format!("{err:#}").contains("no_private_key") {
+                true => anyhow::anyhow!(MISSING_KEY),
+                false => err,
+            },
+        )
 }
+
+const MISSING_KEY: &str = "the private key is missing: give the certificate, its chain if any, and the key, as in `certdrop certs:add server.crt chain.pem server.key --app A` (the key is checked and sealed at once); \
+     for a key certdrop generated (`certdrop certs:generate`), give the certificate your CA signed for that request";
 
 async fn login(
     url: Option<String>,

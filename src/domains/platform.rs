@@ -113,7 +113,7 @@ async fn upload(
     let domain = apps_domain(state)?.to_string();
     let wildcard = format!("*.{domain}");
     let (inspection, chain_pem, sealed) =
-        match check_and_seal(state, form, vec![wildcard.clone()]).await? {
+        match check_and_seal(state, form, vec![wildcard.clone()], Vec::new()).await? {
             Ok(accepted) => accepted,
             Err(refused) => {
                 return Err(AppError::many(

@@ -53,11 +53,12 @@ pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> 
     })
 }
 
-/// What the vault seals: private keys of certificates (the platform's too), and accounts'
-/// TOTP secrets.
-const SEALED_COLUMNS: [(&str, &str, &str); 3] = [
+/// What the vault seals: private keys of certificates (the platform's too) and of CSRs, and
+/// accounts' TOTP secrets.
+const SEALED_COLUMNS: [(&str, &str, &str); 4] = [
     ("certificates", "sealed_key", "vault_recipient"),
     ("platform_certificates", "sealed_key", "vault_recipient"),
+    ("generated_keys", "sealed_key", "vault_recipient"),
     ("users", "totp_sealed", "totp_vault_recipient"),
 ];
 

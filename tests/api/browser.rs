@@ -648,6 +648,20 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     );
     chrome.check_page("upload with an error").await;
     chrome.shot("10-upload-error").await;
+    // No key at hand: certdrop generates it and shows the CSR to send to a CA.
+    chrome.goto("/apps/shop/certs/new").await;
+    chrome.click("Generate a key and CSR").await;
+    let csr_path = chrome.path().await;
+    assert!(csr_path.starts_with("/apps/shop/csrs/"), "{csr_path}");
+    let page = chrome.text().await;
+    assert!(
+        page.contains("BEGIN CERTIFICATE REQUEST")
+            && page.contains("Upload the certificate it returns")
+            && !page.contains("PRIVATE KEY"),
+        "{page}"
+    );
+    chrome.check_page("CSR page").await;
+    chrome.shot("10b-csr").await;
     chrome.upload("shop", &cert2, &key2, Some(&chain)).await;
     assert!(chrome.path().await.starts_with("/certs/"));
     chrome.goto("/apps/shop").await;
@@ -756,6 +770,7 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         ("/apps", "apps"),
         ("/apps/shop", "app"),
         ("/apps/shop/certs/new", "upload"),
+        (csr_path.as_str(), "csr"),
         (report_path.as_str(), "certificate"),
         (ticket_one.as_str(), "ticket"),
         ("/tickets", "tickets"),

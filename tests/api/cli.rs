@@ -197,6 +197,24 @@ db_test! {
         let wrong = crate::pki::write(files.path(), "wrong.key", crate::pki::Alg::P256.key().serialize_pem().as_bytes());
         let (ok, _, err) = certdrop(&app, dir, &["certs:add", &path(&crt), &path(&wrong), "--app", "shop"], None);
         assert!(!ok && err.contains("key_mismatch"), "{err}");
+
+        // A key born in the vault: the CSR comes out, the signed certificate goes in alone.
+        let csr = files.path().join("req.csr");
+        let (ok, out, err) = certdrop(&app, dir, &["certs:generate", "--app", "shop", "--out", &csr.display().to_string()], None);
+        assert!(ok && out.is_empty() && err.contains("sealed in the vault") && err.contains("certs:add CRT [CHAIN...] --app shop"), "{out}{err}");
+        let Some(_) = crate::pki::openssl(files.path(), &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=CLI CSR CA", "-days", "30"], None) else {
+            return;
+        };
+        crate::pki::openssl(files.path(), &["x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "30", "-copy_extensions", "copyall", "-out", "signed.pem"], None).unwrap();
+        let signed = files.path().join("signed.pem").display().to_string();
+        let ca = files.path().join("ca.pem").display().to_string();
+        let (_, out, err) = certdrop(&app, dir, &["certs:add", &signed, &ca, "--app", "shop", "--json"], None);
+        let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        assert_eq!(report["source"], "csr", "{report}");
+        let (ok, out, _) = certdrop(&app, dir, &["certs", "--app", "shop"], None);
+        assert!(ok && out.contains("Source") && out.contains("csr"), "{out}");
     }
 }
 

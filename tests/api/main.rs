@@ -8,6 +8,7 @@ mod billing;
 mod browser;
 mod certs;
 mod cli;
+mod csr;
 mod custody;
 mod dns_server;
 mod domains;
