@@ -163,6 +163,19 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     }
 }
 
+/// A listing's query string: `?cursor=…&limit=…`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PageQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> Result<Page, crate::error::AppError> {
+        Page::new(self.cursor.as_deref(), self.limit)
+    }
+}
+
 /// Cursor pagination: `limit` rows after `cursor` (an id), and the cursor of the next page.
 #[derive(Clone, Copy, Debug)]
 pub struct Page {

@@ -15,7 +15,7 @@ use super::{store, store::App, validate_backend, validate_name};
 use crate::{
     accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, csrf::NoFields, extract::ClientIp},
     audit::{self, Entry},
-    db::Page,
+    db::{Page, PageQuery},
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, render_status, see_other},
@@ -490,19 +490,12 @@ impl AppJson {
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    cursor: Option<String>,
-    limit: Option<i64>,
-}
-
 async fn list_apps_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<PageQuery>,
 ) -> AppResult<Response> {
-    let (apps, next) =
-        store::list_visible(&state.db, &user, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let (apps, next) = store::list_visible(&state.db, &user, q.page()?).await?;
     let ids: Vec<i64> = apps.iter().map(|a| a.id).collect();
     let all_domains = crate::domains::store::of_apps(&state.db, &ids).await?;
     let mut targets = crate::domains::targets(&state, &apps).await?;

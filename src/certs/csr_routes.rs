@@ -20,7 +20,7 @@ use super::{
 use crate::{
     accounts::{ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp},
     apps::{self, store::App},
-    db::Page,
+    db::PageQuery,
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
     web::{self, Chrome, FormErrors, PageResult, filters, render, see_other},
@@ -156,21 +156,14 @@ async fn generate_api(
     Ok((StatusCode::CREATED, Json(csr_json(&key))).into_response())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    cursor: Option<String>,
-    limit: Option<i64>,
-}
-
 async fn list_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<PageQuery>,
 ) -> AppResult<Response> {
     let app = apps::store::find_visible(&state.db, &user, &name).await?;
-    let (keys, next) =
-        store::generated_of_app(&state.db, &app, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let (keys, next) = store::generated_of_app(&state.db, &app, q.page()?).await?;
     let items: Vec<Value> = keys.iter().map(csr_json).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
 }

@@ -10,7 +10,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -24,7 +23,7 @@ use crate::{
     accounts::{ApiUser, SignedIn, User, csrf, extract::ClientIp},
     apps::{self, store::App},
     audit::{self, Entry},
-    db::{self, Page},
+    db::{self, PageQuery},
     edge::custody::{self, SealedTo},
     error::{AppError, AppResult, ErrorItem},
     state::AppState,
@@ -291,21 +290,14 @@ async fn upload_api(
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
-    cursor: Option<String>,
-    limit: Option<i64>,
-}
-
 async fn list_api(
     State(state): State<AppState>,
     ApiUser(user): ApiUser,
     Path(name): Path<String>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<PageQuery>,
 ) -> AppResult<Response> {
     let app = apps::store::find_visible(&state.db, &user, &name).await?;
-    let (certs, next) =
-        store::list_for_app(&state.db, &app, Page::new(q.cursor.as_deref(), q.limit)?).await?;
+    let (certs, next) = store::list_for_app(&state.db, &app, q.page()?).await?;
     let statuses = store::statuses(&state.db, app.id).await?;
     let sealed = custody::sealed_to(&state.db, app.id).await?;
     let items: Vec<Value> = certs

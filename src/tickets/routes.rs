@@ -613,17 +613,9 @@ async fn approve_page(
     CsrfForm(form): CsrfForm<ApproveForm>,
 ) -> PageResult {
     let credential = Credential::Session(me.session.clone());
-    let result = super::approve(&state, &me.user, &credential, ip, id, form.otp.as_deref())
-        .await
-        .map(|_| ());
-    after_action(
-        &state,
-        &me,
-        id,
-        result,
-        "Approved. The deployment has started; this page shows its progress.",
-    )
-    .await
+    let result = super::approve(&state, &me.user, &credential, ip, id, form.otp.as_deref()).await;
+    let done = "Approved. The deployment has started; this page shows its progress.";
+    after_action(&state, &me, id, result.map(|_| ()), done).await
 }
 
 async fn retry_page(
@@ -634,17 +626,9 @@ async fn retry_page(
     CsrfForm(form): CsrfForm<ApproveForm>,
 ) -> PageResult {
     let credential = Credential::Session(me.session.clone());
-    let result = super::retry(&state, &me.user, &credential, ip, id, form.otp.as_deref())
-        .await
-        .map(|_| ());
-    after_action(
-        &state,
-        &me,
-        id,
-        result,
-        "Deploying again; this page shows its progress.",
-    )
-    .await
+    let result = super::retry(&state, &me.user, &credential, ip, id, form.otp.as_deref()).await;
+    let done = "Deploying again; this page shows its progress.";
+    after_action(&state, &me, id, result.map(|_| ()), done).await
 }
 
 #[derive(Deserialize)]
