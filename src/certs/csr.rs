@@ -195,11 +195,10 @@ mod tests {
                 "{text}"
             );
             assert_eq!(generated.subject, "CN=www.example.com, O=Acme");
-            assert!(
-                generated
-                    .key
-                    .pem()
-                    .starts_with("-----BEGIN PRIVATE KEY-----")
+            let key = crate::certs::pem::blocks(generated.key.pem().as_bytes()).remove(0);
+            assert_eq!(
+                key.label, "PRIVATE KEY",
+                "PKCS#8, as the edge nodes read it"
             );
         }
     }
