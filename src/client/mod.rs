@@ -203,6 +203,30 @@ impl Client {
 
 /// Polls a ticket until its deployment ends, printing each node's state as it changes; an
 /// error when it failed.
+/// `tickets:approve` (or, with `retry`, `tickets:retry`): starts the deployment and, with
+/// `wait`, follows it to its end.
+async fn start_deployment(
+    id: i64,
+    otp: Option<String>,
+    wait: bool,
+    retry: bool,
+) -> anyhow::Result<()> {
+    let client = Client::configured()?;
+    let action = if retry { "retry" } else { "approve" };
+    let t = client
+        .post_fresh(&format!("/api/v1/tickets/{id}/{action}"), json!({}), otp)
+        .await?;
+    let (app, pair) = (output::s(&t["app"]), output::s(&t["deployment"]["pair"]));
+    match retry {
+        true => println!("Ticket #{id}: deploying {app} again to edge pair {pair}."),
+        false => println!("Ticket #{id} approved; deploying {app} to edge pair {pair}."),
+    }
+    if wait {
+        follow_deployment(&client, id).await?;
+    }
+    Ok(())
+}
+
 async fn follow_deployment(client: &Client, id: i64) -> anyhow::Result<()> {
     let mut last = String::new();
     loop {
@@ -558,36 +582,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             table.print_or("No tickets.");
             Ok(())
         }
-        Command::TicketsApprove { id, otp, wait } => {
-            let client = Client::configured()?;
-            let t = client
-                .post_fresh(&format!("/api/v1/tickets/{id}/approve"), json!({}), otp)
-                .await?;
-            println!(
-                "Ticket #{id} approved; deploying {} to edge pair {}.",
-                output::s(&t["app"]),
-                output::s(&t["deployment"]["pair"])
-            );
-            if wait {
-                follow_deployment(&client, id).await?;
-            }
-            Ok(())
-        }
-        Command::TicketsRetry { id, otp, wait } => {
-            let client = Client::configured()?;
-            let t = client
-                .post_fresh(&format!("/api/v1/tickets/{id}/retry"), json!({}), otp)
-                .await?;
-            println!(
-                "Ticket #{id}: deploying {} again to edge pair {}.",
-                output::s(&t["app"]),
-                output::s(&t["deployment"]["pair"])
-            );
-            if wait {
-                follow_deployment(&client, id).await?;
-            }
-            Ok(())
-        }
+        Command::TicketsApprove { id, otp, wait } => start_deployment(id, otp, wait, false).await,
+        Command::TicketsRetry { id, otp, wait } => start_deployment(id, otp, wait, true).await,
         Command::TicketsReject { id, reason } => {
             Client::configured()?
                 .post(

@@ -182,38 +182,15 @@ pub async fn open(
     store::get(&state.db, id).await
 }
 
-/// Approves an open ticket: assigns a free pair (provision) and queues the deployment. It needs
-/// a second factor from the last ten minutes (`otp` refreshes it), a pair whose nodes are both
-/// confirmed, and — for a key's deployment — an approver who did not create or confirm that
-/// pair. Refusals are audited.
-pub async fn approve(
-    state: &AppState,
-    staff: &User,
-    credential: &Credential,
-    ip: ClientIp,
-    id: i64,
-    otp: Option<&str>,
-) -> AppResult<Ticket> {
-    start_deployment(state, staff, credential, ip, id, otp, Start::Approve).await
-}
-
-/// Retries a failed ticket's deployment, with every check of an approval (it seals the key
-/// again): a provision gets a free pair again (its pair went back to the pool when it failed),
-/// and the ticket's job runs again. The earlier run stays in the ticket's progress and history.
-pub async fn retry(
-    state: &AppState,
-    staff: &User,
-    credential: &Credential,
-    ip: ClientIp,
-    id: i64,
-    otp: Option<&str>,
-) -> AppResult<Ticket> {
-    start_deployment(state, staff, credential, ip, id, otp, Start::Retry).await
-}
-
+/// How a deployment starts: staff approve an open ticket, or retry a failed one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
+pub enum Start {
+    /// Approves an open ticket: assigns a free pair (provision) and queues the deployment.
     Approve,
+    /// Retries a failed ticket's deployment, with every check of an approval (it seals the key
+    /// again): a provision gets a free pair again (its pair went back to the pool when it
+    /// failed), and the ticket's job runs again. The earlier run stays in the ticket's progress
+    /// and history.
     Retry,
 }
 
@@ -247,7 +224,11 @@ impl Start {
     }
 }
 
-async fn start_deployment(
+/// Starts a ticket's deployment (`Start::Approve` or `Start::Retry`). It needs a second factor
+/// from the last ten minutes (`otp` refreshes it), a pair whose nodes are both confirmed, and —
+/// for a key's deployment — an approver who did not create or confirm that pair. Refusals are
+/// audited.
+pub async fn start_deployment(
     state: &AppState,
     staff: &User,
     credential: &Credential,

@@ -13,12 +13,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    Start,
     state::{TicketKind, TicketState},
     store::{self, Filter, Ticket, TicketEvent},
 };
 use crate::{
     accounts::{
-        ApiCredential, ApiUser, SignedIn, csrf::CsrfForm, csrf::NoFields, extract::ClientIp,
+        ApiCredential, ApiUser, SignedIn, User, csrf::CsrfForm, csrf::NoFields, extract::ClientIp,
         second_factor::Credential,
     },
     apps,
@@ -223,9 +224,7 @@ async fn approve_api(
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> AppResult<Response> {
-    let req: ApproveRequest = crate::web::optional_json(&body)?;
-    let ticket = super::approve(&state, &user, &credential, ip, id, req.otp.as_deref()).await?;
-    Ok(Json(ticket_json(&state, &ticket).await?).into_response())
+    start_api(&state, &user, &credential, ip, id, &body, Start::Approve).await
 }
 
 async fn retry_api(
@@ -236,9 +235,22 @@ async fn retry_api(
     Path(id): Path<i64>,
     body: axum::body::Bytes,
 ) -> AppResult<Response> {
-    let req: ApproveRequest = crate::web::optional_json(&body)?;
-    let ticket = super::retry(&state, &user, &credential, ip, id, req.otp.as_deref()).await?;
-    Ok(Json(ticket_json(&state, &ticket).await?).into_response())
+    start_api(&state, &user, &credential, ip, id, &body, Start::Retry).await
+}
+
+async fn start_api(
+    state: &AppState,
+    user: &User,
+    credential: &Credential,
+    ip: ClientIp,
+    id: i64,
+    body: &[u8],
+    start: Start,
+) -> AppResult<Response> {
+    let req: ApproveRequest = crate::web::optional_json(body)?;
+    let otp = req.otp.as_deref();
+    let ticket = super::start_deployment(state, user, credential, ip, id, otp, start).await?;
+    Ok(Json(ticket_json(state, &ticket).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -612,10 +624,7 @@ async fn approve_page(
     Path(id): Path<i64>,
     CsrfForm(form): CsrfForm<ApproveForm>,
 ) -> PageResult {
-    let credential = Credential::Session(me.session.clone());
-    let result = super::approve(&state, &me.user, &credential, ip, id, form.otp.as_deref()).await;
-    let done = "Approved. The deployment has started; this page shows its progress.";
-    after_action(&state, &me, id, result.map(|_| ()), done).await
+    start_page(&state, &me, ip, id, form, Start::Approve).await
 }
 
 async fn retry_page(
@@ -625,10 +634,25 @@ async fn retry_page(
     Path(id): Path<i64>,
     CsrfForm(form): CsrfForm<ApproveForm>,
 ) -> PageResult {
+    start_page(&state, &me, ip, id, form, Start::Retry).await
+}
+
+async fn start_page(
+    state: &AppState,
+    me: &SignedIn,
+    ip: ClientIp,
+    id: i64,
+    form: ApproveForm,
+    start: Start,
+) -> PageResult {
     let credential = Credential::Session(me.session.clone());
-    let result = super::retry(&state, &me.user, &credential, ip, id, form.otp.as_deref()).await;
-    let done = "Deploying again; this page shows its progress.";
-    after_action(&state, &me, id, result.map(|_| ()), done).await
+    let otp = form.otp.as_deref();
+    let result = super::start_deployment(state, &me.user, &credential, ip, id, otp, start).await;
+    let done = match start {
+        Start::Approve => "Approved. The deployment has started; this page shows its progress.",
+        Start::Retry => "Deploying again; this page shows its progress.",
+    };
+    after_action(state, me, id, result.map(|_| ()), done).await
 }
 
 #[derive(Deserialize)]

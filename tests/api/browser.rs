@@ -363,6 +363,20 @@ impl Chrome {
         self.click("Check and upload").await;
     }
 
+    /// Each page at desktop and phone width: checked (`check_page`) and shot as
+    /// `20-NAME-WIDTH`. Leaves the window at desktop width.
+    async fn every_page_at_both_widths(&self, pages: &[(&str, &str)]) {
+        for ((w, h), width) in [((1280, 1000), "desktop"), ((390, 844), "phone")] {
+            self.client.set_window_size(w, h).await.unwrap();
+            for (page, name) in pages {
+                self.goto(page).await;
+                self.check_page(&format!("{page} at {width} width")).await;
+                self.shot(&format!("20-{name}-{width}")).await;
+            }
+        }
+        self.client.set_window_size(1280, 1000).await.unwrap();
+    }
+
     async fn approve_as_staff(&self, ticket_path: &str, staff_password: &str) {
         self.sign_in("sam@example.com", staff_password).await;
         self.goto(ticket_path).await;
@@ -783,24 +797,10 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         ("/account/security", "security"),
         ("/account/tokens", "tokens"),
     ];
-    let widths = [((1280, 1000), "desktop"), ((390, 844), "phone")];
-    for ((w, h), width) in widths {
-        chrome.client.set_window_size(w, h).await.unwrap();
-        for (page, name) in pages {
-            chrome.goto(page).await;
-            chrome.check_page(&format!("{page} at {width} width")).await;
-            chrome.shot(&format!("20-{name}-{width}")).await;
-        }
-    }
-    chrome.client.set_window_size(1280, 1000).await.unwrap();
+    chrome.every_page_at_both_widths(&pages).await;
     chrome.sign_out().await;
-    for ((w, h), width) in widths {
-        chrome.client.set_window_size(w, h).await.unwrap();
-        for (page, name) in [("/login", "login"), ("/signup", "signup")] {
-            chrome.goto(page).await;
-            chrome.check_page(&format!("{page} at {width} width")).await;
-            chrome.shot(&format!("20-{name}-{width}")).await;
-        }
-    }
+    chrome
+        .every_page_at_both_widths(&[("/login", "login"), ("/signup", "signup")])
+        .await;
     chrome.client.clone().close().await.unwrap();
 }
