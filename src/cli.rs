@@ -55,6 +55,12 @@ pub enum Command {
     /// Reseal every stored key to a new vault identity, then retire the old one (server side).
     #[command(name = "vault:rotate")]
     VaultRotate,
+    /// Back up the SQLite database (online) and the vault identity into DIR, mode 0700
+    /// (server side; restore by using DIR as CERTDROP_DATA_DIR).
+    Backup {
+        #[arg(long, value_name = "DIR")]
+        to: std::path::PathBuf,
+    },
     /// Sign in to a certdrop server and remember an API token for the other verbs.
     Login {
         /// The server (default: $CERTDROP_URL, the saved one, or http://127.0.0.1:8080).
@@ -411,6 +417,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             init_logging("warn");
             vault_rotate().await
         }
+        Command::Backup { to } => {
+            init_logging("warn");
+            backup(&to).await
+        }
         Command::Edge {
             control_plane,
             enroll_token,
@@ -623,6 +633,29 @@ async fn vault_rotate() -> anyhow::Result<()> {
         "Resealed {} secret(s) (private keys and second-factor secrets) to the new vault identity {}; the old identity is retired.",
         rotation.resealed, rotation.recipient
     );
+    Ok(())
+}
+
+async fn backup(to: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let done = crate::backup::run(&config, to).await?;
+    for (file, bytes) in &done.files {
+        println!("  {file}  {bytes} bytes");
+    }
+    println!(
+        "Backed up to {} (mode 0700): the vault identity{} and backup.json with each file's SHA-256. Keys stay sealed; keep this directory as safe as the server. To restore, stop certdrop and use the directory as CERTDROP_DATA_DIR.",
+        done.dir.display(),
+        if done.database_included {
+            " and the SQLite database"
+        } else {
+            ""
+        }
+    );
+    if !done.database_included {
+        println!(
+            "The database is PostgreSQL: back it up with `pg_dump --format=custom --file=certdrop.dump \"$CERTDROP_DATABASE_URL\"` (restore with pg_restore); the vault identity above is what opens its keys."
+        );
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@ pub mod accounts;
 pub mod apps;
 /// The append-only audit trail.
 pub mod audit;
+/// `certdrop backup`: the database and the vault identity, copied consistently.
+pub mod backup;
 /// Billing events, statements and exports.
 pub mod billing;
 /// Certificate intake: PEM, X.509 inspection, chain building, trust, the report and its codes.

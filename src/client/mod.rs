@@ -726,6 +726,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::UsersCreate { .. }
         | Command::UsersRole { .. }
         | Command::VaultRotate
+        | Command::Backup { .. }
         | Command::Edge { .. }
         | Command::EdgeIdentity { .. }
         | Command::FleetKeygen { .. }

@@ -4,6 +4,7 @@ mod common;
 
 mod accounts;
 mod apps;
+mod backup;
 mod billing;
 mod browser;
 mod certs;
