@@ -24,5 +24,6 @@ mod keyscan;
 mod mail;
 mod pki;
 mod smtp;
+mod systemd;
 mod tickets;
 mod vault;
