@@ -46,6 +46,9 @@ pub struct Config {
     /// `CERTDROP_DEPLOY_APPLY_TIMEOUT` (seconds): how long a deployment waits for both nodes of
     /// a pair to apply its configuration before it fails (and can be retried).
     pub apply_timeout: std::time::Duration,
+    /// `CERTDROP_METRICS_LISTEN`: a second address serving `/metrics` without a token (for
+    /// Prometheus, on a private network); without it `/metrics` takes an admin's API token.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -134,6 +137,13 @@ impl Config {
         let apply_timeout = read_var("CERTDROP_DEPLOY_APPLY_TIMEOUT")?
             .map(|raw| parse_seconds("CERTDROP_DEPLOY_APPLY_TIMEOUT", &raw))
             .transpose()?;
+        let metrics_listen = read_var("CERTDROP_METRICS_LISTEN")?
+            .map(|raw| {
+                raw.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("CERTDROP_METRICS_LISTEN: `{raw}` is not an address and port; use e.g. 10.0.0.2:9180")
+                })
+            })
+            .transpose()?;
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
@@ -154,6 +164,7 @@ impl Config {
         config.allow_private_backends = allow_private_backends;
         config.apps_domain = apps_domain;
         config.dns_resolver = dns_resolver;
+        config.metrics_listen = metrics_listen;
         if let Some(timeout) = apply_timeout {
             config.apply_timeout = timeout;
         }
@@ -250,6 +261,7 @@ impl Config {
             apps_domain: None,
             dns_resolver: None,
             apply_timeout: std::time::Duration::from_secs(60),
+            metrics_listen: None,
         })
     }
 

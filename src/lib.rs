@@ -34,6 +34,8 @@ pub mod error;
 pub mod fuzz_entry;
 /// The durable mail outbox, its sender and the expiry reminders.
 pub mod mail;
+/// Metrics in the Prometheus text format: this process's counters and the shared state.
+pub mod metrics;
 /// Router assembly, serving, workers and shutdown.
 pub mod startup;
 /// `AppState`: what every handler and worker can reach.

@@ -38,6 +38,8 @@ use crate::{
 
 pub struct Application {
     listener: TcpListener,
+    /// `CERTDROP_METRICS_LISTEN`, bound.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     mail: Option<(mail::worker::Transport, lettre::message::Mailbox)>,
 }
@@ -57,6 +59,13 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {} (CERTDROP_LISTEN)", config.listen))?;
         let local = listener.local_addr()?;
+        let metrics_listener =
+            match config.metrics_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} (CERTDROP_METRICS_LISTEN)")
+                })?),
+                None => None,
+            };
         let base_url = match &config.base_url {
             Some(url) => url.clone(),
             None => {
@@ -80,6 +89,7 @@ impl Application {
             storage_full_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             dns: Arc::new(crate::domains::dns::Resolver::new(config_dns)),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         let transport = mail::worker::Transport::from_config(&state.config)?;
         let from: lettre::message::Mailbox = state
@@ -89,6 +99,7 @@ impl Application {
             .context("CERTDROP_MAIL_FROM")?;
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             mail: Some((transport, from)),
         })
@@ -117,6 +128,14 @@ impl Application {
                 from,
                 self.state.mail_wake.clone(),
             )));
+        }
+        if let Some(listener) = self.metrics_listener.take() {
+            let metrics = crate::metrics::routes::private_router(self.state.clone());
+            workers.push(tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, metrics).await {
+                    tracing::error!(error = %err, "the metrics listener stopped");
+                }
+            }));
         }
         let router = router(self.state.clone());
         tracing::info!(
@@ -207,7 +226,12 @@ pub fn router(state: AppState) -> Router {
         .merge(tickets::routes::router())
         .merge(edge::routes::router())
         .merge(billing::routes::router())
+        .merge(crate::metrics::routes::router())
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::routes::count_requests,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             web::form_replay,

@@ -33,6 +33,8 @@ pub struct AppState {
     pub storage_full_at: Arc<std::sync::atomic::AtomicI64>,
     /// Looks up TXT proofs and where domains point.
     pub dns: Arc<crate::domains::dns::Resolver>,
+    /// What this process counts for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Turns true when the server begins to shut down, so long-polls answer at once.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }

@@ -578,6 +578,20 @@ async fn succeed(
         .await?;
     tx.commit().await?;
     state.mail_wake.notify_one();
+    observe(state, ticket, "deployed").await
+}
+
+/// Counts a deployment that ended, with how long it took since its approval.
+async fn observe(
+    state: &AppState,
+    ticket: &tickets::store::Ticket,
+    outcome: &str,
+) -> anyhow::Result<()> {
+    if let Some(seconds) = tickets::progress::since_approval(&state.db, ticket.id).await? {
+        state
+            .metrics
+            .deployment(ticket.kind.as_str(), outcome, seconds);
+    }
     Ok(())
 }
 
@@ -672,5 +686,5 @@ async fn fail(
     tx.commit().await?;
     state.config_changed.notify_waiters();
     state.mail_wake.notify_one();
-    Ok(())
+    observe(state, ticket, "failed").await
 }

@@ -62,6 +62,17 @@ pub async fn archive(conn: &mut AnyConnection, ticket_id: i64) -> AppResult<()> 
     Ok(())
 }
 
+/// Seconds since the current run was approved (its `state:approved` step), if it was.
+pub async fn since_approval(db: &Db, ticket_id: i64) -> AppResult<Option<f64>> {
+    let at: Option<i64> = sqlx::query_scalar(
+        "SELECT at_ms FROM deploy_steps WHERE ticket_id = $1 AND step = 'state:approved'",
+    )
+    .bind(ticket_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(at.map(|at| (now_ms() - at).max(0) as f64 / 1000.0))
+}
+
 /// The steps so far, oldest first, each with the time it took since the one before.
 pub async fn steps(db: &Db, ticket_id: i64) -> AppResult<Vec<Step>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(

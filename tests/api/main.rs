@@ -22,6 +22,7 @@ mod hardening;
 mod health;
 mod keyscan;
 mod mail;
+mod metrics;
 mod pki;
 mod smtp;
 mod systemd;
