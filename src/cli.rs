@@ -341,6 +341,10 @@ pub enum Command {
         /// Client connections open at once (default: from the open-file limit).
         #[arg(long)]
         max_connections: Option<usize>,
+        /// Serve this node's metrics (Prometheus text format) at http://ADDR/metrics; bind it
+        /// to an address only Prometheus reaches.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Export a month's billing statement for all customers (server side).
     #[command(name = "billing:export")]
@@ -433,6 +437,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             header_timeout,
             idle_timeout,
             max_connections,
+            metrics_listen,
         } => {
             init_logging("info");
             let defaults = crate::edge::node::limits::Limits::defaults();
@@ -459,6 +464,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 data_dir,
                 attestation,
                 limits,
+                metrics_listen,
             })
             .await
         }

@@ -42,6 +42,8 @@ pub struct EdgeNode {
     pub child: Child,
     pub tls: SocketAddr,
     pub http: SocketAddr,
+    /// Where `--metrics-listen` serves, when given.
+    pub metrics: Option<SocketAddr>,
     pub data_dir: tempfile::TempDir,
     pub log: std::path::PathBuf,
 }
@@ -118,6 +120,10 @@ impl EdgeNode {
                 return Self {
                     tls: field("tls="),
                     http: field("http="),
+                    metrics: line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("metrics=Some("))
+                        .map(|v| v.trim_end_matches(')').parse().unwrap()),
                     child,
                     data_dir,
                     log,

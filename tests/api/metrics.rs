@@ -10,7 +10,7 @@ use crate::{
     common::{Resp, TestApp, require_or_skip},
     db_test,
     edge::serve_shop,
-    edge_support::echo_backend,
+    edge_support::{echo_backend, get_json, https_client},
     pki,
 };
 
@@ -127,4 +127,40 @@ async fn the_private_metrics_listener_answers_without_a_token() {
     );
     promtool_accepts(&resp.body);
     drop(app);
+}
+
+db_test! {
+    async fn an_edge_node_counts_handshakes_alerts_backend_latency_and_responses(app) {
+        let root = pki::root("Edge Metrics Root");
+        let leaf = pki::leaf(&["www.example.com"], &root, pki::Alg::P256);
+        let (nodes, _) = serve_shop(&app, echo_backend().await, &["--metrics-listen", "127.0.0.1:0"], &leaf, b"").await;
+        let node = &nodes[0];
+        let client = https_client("www.example.com", node.tls, &root.pem(), false);
+        for _ in 0..3 {
+            let (status, _, _) = get_json(&client, &format!("https://www.example.com:{}/", node.tls.port())).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        // Plain HTTP sent to the TLS port: the handshake ends with a decode_error alert.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(node.tls).await.unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+            assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+        }
+
+        let url = format!("http://{}/metrics", node.metrics.expect("the node says where its metrics are"));
+        let resp = Resp::read(reqwest::get(url).await.unwrap()).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        let text = resp.body;
+        let full = value(&text, "certdrop_edge_tls_handshakes_total", &["kind=\"full\""]).unwrap();
+        let resumed = value(&text, "certdrop_edge_tls_handshakes_total", &["kind=\"resumed\""]).unwrap();
+        assert!(full >= 1.0 && full + resumed >= 3.0, "{text}");
+        assert_eq!(value(&text, "certdrop_edge_tls_alerts_sent_total", &["alert=\"decode_error\""]), Some(1.0), "{text}");
+        assert!(value(&text, "certdrop_edge_responses_total", &["class=\"2xx\""]).unwrap() >= 3.0);
+        assert!(value(&text, "certdrop_edge_upstream_duration_seconds_count", &[]).unwrap() >= 3.0);
+        assert!(value(&text, "certdrop_edge_connections_open", &[]).is_some());
+        promtool_accepts(&text);
+    }
 }

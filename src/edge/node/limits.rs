@@ -79,6 +79,11 @@ impl ConnectionSlots {
         })
     }
 
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// A slot, or `None` when `max` connections are open.
     pub fn take(self: &Arc<Self>) -> Option<Slot> {
         self.open

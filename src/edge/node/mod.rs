@@ -5,6 +5,7 @@
 //! after a restart it serves its sealed local copy before it has reached the control plane.
 
 pub mod limits;
+mod metrics;
 mod proxy;
 mod resumption;
 mod sites;
@@ -39,6 +40,8 @@ pub struct NodeArgs {
     /// The fleet key's signature over this node's recipient (`certdrop fleet:attest`).
     pub attestation: Option<String>,
     pub limits: limits::Limits,
+    /// `--metrics-listen`: where Prometheus reads this node's metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +85,7 @@ pub struct Node {
     pub hop: String,
     /// The control plane's policy on loopback and link-local backends.
     pub allow_private_backends: Arc<AtomicBool>,
+    pub metrics: Arc<metrics::EdgeMetrics>,
 }
 
 impl Node {
@@ -159,6 +163,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(40))
@@ -180,6 +192,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         last_shed_log: AtomicU64::new(u64::MAX),
         hop,
         allow_private_backends: Arc::new(AtomicBool::new(false)),
+        metrics: metrics::EdgeMetrics::new(),
     });
     let mut applied = 0;
     if let Ok(bytes) = std::fs::read(args.data_dir.join("config.json")) {
@@ -200,6 +213,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!(
         tls = %tls_addr,
         http = ?http_addr,
+        metrics = ?metrics_addr,
         pair = %creds.pair,
         max_connections = args.limits.max_connections,
         "certdrop edge is serving"
@@ -226,6 +240,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             })?;
     }
     let plain = http_listener.map(|l| tokio::spawn(proxy::serve_http(l, node.clone())));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(
+            listener,
+            node.metrics.clone(),
+            node.connections.clone(),
+        ));
+    }
     let poll = tokio::spawn(poll_config(node.clone(), creds, http, applied));
     crate::startup::shutdown_signal().await;
     poll.abort();

@@ -236,8 +236,10 @@ async fn forward(
         failed: failed.clone(),
     });
     let timeout = node.limits.backend_timeout;
+    let sent = std::time::Instant::now();
     match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => {
+            node.metrics.upstream(sent.elapsed().as_secs_f64());
             let mut resp = resp.map(|b| b.boxed());
             for name in HOP_BY_HOP {
                 resp.headers_mut().remove(name);
@@ -341,9 +343,12 @@ pub async fn serve_tls(listener: TcpListener, node: Arc<Node>, acceptor: TlsAcce
         tokio::spawn(async move {
             let _permit = permit;
             let handshake = node.limits.header_timeout.min(Duration::from_secs(10));
-            let Ok(Ok(tls)) = tokio::time::timeout(handshake, acceptor.accept(tcp)).await else {
-                return;
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return node.metrics.handshake_failed(&err),
+                Err(_) => return,
             };
+            node.metrics.handshake(tls.get_ref().1.handshake_kind());
             let site = node.sites.load().for_sni(tls.get_ref().1.server_name());
             let Some(site) = site else { return };
             // ALPN already said which protocol: no need to sniff the first bytes.
@@ -364,7 +369,12 @@ pub async fn serve_tls(listener: TcpListener, node: Arc<Node>, acceptor: TlsAcce
                         node.clone(),
                         client.clone(),
                     );
-                    async move { reply.await.map(|r| r.map(|b| Tracked::new(b, guard))) }
+                    let metrics = node.metrics.clone();
+                    async move {
+                        let resp = reply.await?;
+                        metrics.response(resp.status().as_u16());
+                        Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, guard)))
+                    }
                 })
             };
             if h2 {
@@ -404,9 +414,10 @@ pub async fn serve_http(listener: TcpListener, node: Arc<Node>) {
                     let guard = activity.request_started();
                     let (node, client) = (node.clone(), client.clone());
                     async move {
-                        plain(req, peer, port, node, client)
-                            .await
-                            .map(|r| r.map(|b| Tracked::new(b, guard)))
+                        let metrics = node.metrics.clone();
+                        let resp = plain(req, peer, port, node, client).await?;
+                        metrics.response(resp.status().as_u16());
+                        Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, guard)))
                     }
                 })
             };
