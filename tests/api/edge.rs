@@ -59,6 +59,17 @@ pub async fn start_pair_with(
     name: &str,
     flags: &[&str],
 ) -> [EdgeNode; 2] {
+    start_pair_polling([app_address; 2], creator, confirmer, name, flags).await
+}
+
+/// `start_pair_with`, node 1 polling `control_planes[0]` and node 2 `control_planes[1]`.
+pub async fn start_pair_polling(
+    control_planes: [&str; 2],
+    creator: &Api,
+    confirmer: &Api,
+    name: &str,
+    flags: &[&str],
+) -> [EdgeNode; 2] {
     let pair = creator
         .post("/api/v1/edge-pairs", json!({"name": name}))
         .await;
@@ -70,8 +81,8 @@ pub async fn start_pair_with(
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
     let nodes = [
-        EdgeNode::start_with(app_address, &tokens[0], flags),
-        EdgeNode::start_with(app_address, &tokens[1], flags),
+        EdgeNode::start_with(control_planes[0], &tokens[0], flags),
+        EdgeNode::start_with(control_planes[1], &tokens[1], flags),
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     let listed = loop {

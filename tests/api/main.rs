@@ -9,6 +9,7 @@ mod billing;
 mod browser;
 mod certs;
 mod cli;
+mod cluster;
 mod csr;
 mod custody;
 mod dns_server;
