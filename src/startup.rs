@@ -86,6 +86,7 @@ impl Application {
             mail_wake: Arc::new(Notify::new()),
             deploy_wake: Arc::new(Notify::new()),
             config_changed: Arc::new(Notify::new()),
+            pair_versions: Arc::default(),
             storage_full_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             dns: Arc::new(crate::domains::dns::Resolver::new(config_dns)),
@@ -168,6 +169,7 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let limiter = state.login_limiter.clone();
     vec![
         tokio::spawn(edge::deploy::run(state.clone())),
+        tokio::spawn(edge::versions::run(state.clone())),
         tokio::spawn(edge::session_keys::run(state.clone())),
         tokio::spawn(edge::stapling::run(state.clone())),
         tokio::spawn(domains::worker::run(state.clone())),

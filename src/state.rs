@@ -27,8 +27,10 @@ pub struct AppState {
     pub mail_wake: Arc<Notify>,
     /// Wakes the deploy worker when a ticket is approved.
     pub deploy_wake: Arc<Notify>,
-    /// Wakes nodes' long-polls when a pair's configuration changes.
+    /// Told when a pair's configuration changes here, so `pair_versions` is read at once.
     pub config_changed: Arc<Notify>,
+    /// Every pair's configuration version, read once per instance for all long-polls.
+    pub pair_versions: Arc<crate::edge::versions::Versions>,
     /// When this instance last answered 507 `storage_full` (unix seconds), for `/readyz`.
     pub storage_full_at: Arc<std::sync::atomic::AtomicI64>,
     /// Looks up TXT proofs and where domains point.

@@ -15,6 +15,7 @@ pub mod session_keys;
 pub mod stapling;
 pub mod store;
 pub mod verify;
+pub mod versions;
 
 use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use serde::{Deserialize, Serialize};

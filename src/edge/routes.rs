@@ -476,8 +476,9 @@ async fn current_version(state: &AppState, pair_id: i64) -> AppResult<i64> {
 }
 
 /// Long-poll: answers at once when the pair's configuration is newer than `applied`, else
-/// waits (woken by a local publish, or checking the database every 200 ms, for other
-/// instances) up to `wait` seconds. Each call also records the node's heartbeat.
+/// waits up to `wait` seconds for `edge::versions` to see it change (a publish here wakes it
+/// at once; one on another instance within 200 ms). Each call also records the node's
+/// heartbeat.
 async fn config_api(
     State(state): State<AppState>,
     NodeAuth(node): NodeAuth,
@@ -486,18 +487,30 @@ async fn config_api(
     let applied = q.applied.unwrap_or(0);
     store::heartbeat(&state.db, node.id, applied).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(25).min(25));
-    let stopping = state.stopping.subscribe();
-    loop {
-        let version = current_version(&state, node.pair_id).await?;
-        if version != applied || tokio::time::Instant::now() >= deadline || *stopping.borrow() {
-            return Ok(Json(node_config(&state, &node, version).await?).into_response());
-        }
-        let notified = state.config_changed.notified();
+    let mut stopping = state.stopping.subscribe();
+    let mut versions = state.pair_versions.subscribe();
+    // The database first: the shared view may be up to 200 ms old.
+    let mut version = current_version(&state, node.pair_id).await?;
+    while version == applied && !*stopping.borrow() {
         tokio::select! {
-            () = notified => {},
-            () = tokio::time::sleep(Duration::from_millis(200)) => {},
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Versions only grow; a view older than the database read is ignored.
+                if let Some(v) = versions.borrow_and_update().get(&node.pair_id) {
+                    version = version.max(*v);
+                }
+            }
+            changed = stopping.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break,
         }
     }
+    Ok(Json(node_config(&state, &node, version).await?).into_response())
 }
 
 /// What `node` must serve at `version`: its pair's app, if any, with the key sealed to it. A
