@@ -46,3 +46,5 @@ pub mod tickets;
 pub mod vault;
 /// Layout context, rendering, security headers, the Origin check.
 pub mod web;
+/// Webhooks: endpoints, signed deliveries through a durable outbox, and their log.
+pub mod webhooks;

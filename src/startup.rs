@@ -170,6 +170,7 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(edge::deploy::run(state.clone())),
         tokio::spawn(edge::versions::run(state.clone())),
+        tokio::spawn(crate::webhooks::worker::run(state.clone())),
         tokio::spawn(edge::session_keys::run(state.clone())),
         tokio::spawn(edge::stapling::run(state.clone())),
         tokio::spawn(domains::worker::run(state.clone())),
@@ -229,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .merge(edge::routes::router())
         .merge(billing::routes::router())
         .merge(crate::metrics::routes::router())
+        .merge(crate::webhooks::routes::router())
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -564,6 +564,14 @@ async fn succeed(
     };
     let mail = tickets::customer_mail(state, ticket, subject, lines);
     mail::enqueue(&mut tx, &format!("ticket:{}:deployed", ticket.id), &mail).await?;
+    crate::webhooks::emit(
+        &mut tx,
+        ticket.owner_id,
+        "deployment.succeeded",
+        &format!("{}:{}", ticket.id, job.run),
+        json!({"ticket_id": ticket.id, "app": ticket.app, "kind": ticket.kind.as_str(), "certificate_id": job.target}),
+    )
+    .await?;
     audit::record(
         &mut *tx,
         Entry::new(None, "ticket.deployed", "ticket", ticket.id)
@@ -653,6 +661,14 @@ async fn fail(
         ],
     );
     mail::enqueue(&mut tx, &job.mail_key(ticket.id, "failed"), &mail).await?;
+    crate::webhooks::emit(
+        &mut tx,
+        ticket.owner_id,
+        "deployment.failed",
+        &format!("{}:{}", ticket.id, job.run),
+        json!({"ticket_id": ticket.id, "app": ticket.app, "kind": ticket.kind.as_str(), "serves": serves}),
+    )
+    .await?;
     for (staff_id, email) in tickets::store::staff_emails(&mut tx).await? {
         let mail = mail::Mail {
             to: email,

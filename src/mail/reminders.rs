@@ -30,7 +30,7 @@ pub async fn run(state: AppState) {
 pub async fn queue_due(state: &AppState) -> anyhow::Result<u64> {
     let now = db::now();
     let rows = sqlx::query(
-        "SELECT c.id, c.common_name, c.not_after, a.name AS app, u.email FROM app_deployments d \
+        "SELECT c.id, c.common_name, c.not_after, a.name AS app, a.owner_id, u.email FROM app_deployments d \
          JOIN (SELECT app_id, MAX(id) AS id FROM app_deployments GROUP BY app_id) latest ON latest.id = d.id \
          JOIN certificates c ON c.id = d.certificate_id JOIN apps a ON a.id = d.app_id JOIN users u ON u.id = a.owner_id \
          WHERE c.not_after > $1 AND c.not_after <= $2",
@@ -67,6 +67,19 @@ pub async fn queue_due(state: &AppState) -> anyhow::Result<u64> {
                 .fetch_one(&mut *conn)
                 .await?;
         enqueue(&mut conn, &format!("expiry:{id}:{days}"), &mail).await?;
+        crate::webhooks::emit(
+            &mut conn,
+            row.try_get("owner_id")?,
+            "certificate.expiring",
+            &format!("{id}:{days}"),
+            serde_json::json!({
+                "certificate_id": id,
+                "app": app,
+                "not_after": crate::web::rfc3339(not_after),
+                "days": days,
+            }),
+        )
+        .await?;
         queued += u64::from(before == 0);
     }
     if queued > 0 {

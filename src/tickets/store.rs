@@ -105,9 +105,9 @@ pub async fn record_event(
     body: Option<&str>,
 ) -> AppResult<()> {
     let kind = if to.is_some() { "state" } else { "comment" };
-    sqlx::query(
+    let event: i64 = sqlx::query_scalar(
         "INSERT INTO ticket_events (ticket_id, occurred_at, actor_id, kind, from_state, to_state, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(ticket_id)
     .bind(db::now())
@@ -116,8 +116,41 @@ pub async fn record_event(
     .bind(from.map(TicketState::as_str))
     .bind(to.map(TicketState::as_str))
     .bind(body)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    if let Some(to) = to {
+        // The customer's webhooks hear of every move, in the same transaction.
+        let (owner, app, ticket_kind): (i64, String, String) = sqlx::query_as(
+            "SELECT a.owner_id, a.name, t.kind FROM tickets t JOIN apps a ON a.id = t.app_id WHERE t.id = $1",
+        )
+        .bind(ticket_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let event_type = match to {
+            TicketState::Open => "ticket.opened",
+            TicketState::Approved => "ticket.approved",
+            TicketState::Deploying => "ticket.deploying",
+            TicketState::Deployed => "ticket.deployed",
+            TicketState::Failed => "ticket.failed",
+            TicketState::Rejected => "ticket.rejected",
+            TicketState::Cancelled => "ticket.cancelled",
+        };
+        crate::webhooks::emit(
+            conn,
+            owner,
+            event_type,
+            &event.to_string(),
+            serde_json::json!({
+                "ticket_id": ticket_id,
+                "app": app,
+                "kind": ticket_kind,
+                "from": from.map(TicketState::as_str),
+                "state": to.as_str(),
+                "reason": body,
+            }),
+        )
+        .await?;
+    }
     // The moves a deployment makes are steps of its live progress too.
     let step = match to {
         Some(TicketState::Approved) if from == Some(TicketState::Failed) => {

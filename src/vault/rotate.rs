@@ -53,9 +53,10 @@ pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> 
     })
 }
 
-/// What the vault seals: private keys of certificates (the platform's too) and of CSRs, and
-/// accounts' TOTP secrets.
-const SEALED_COLUMNS: [(&str, &str, &str); 4] = [
+/// What the vault seals: private keys of certificates (the platform's too) and of CSRs,
+/// webhook endpoints' signing secrets, and accounts' TOTP secrets.
+const SEALED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("webhook_endpoints", "secret_sealed", "vault_recipient"),
     ("certificates", "sealed_key", "vault_recipient"),
     ("platform_certificates", "sealed_key", "vault_recipient"),
     ("generated_keys", "sealed_key", "vault_recipient"),

@@ -796,6 +796,7 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         ("/billing", "billing"),
         ("/account/security", "security"),
         ("/account/tokens", "tokens"),
+        ("/account/webhooks", "webhooks"),
     ];
     chrome.every_page_at_both_widths(&pages).await;
     chrome.sign_out().await;

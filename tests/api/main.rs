@@ -29,3 +29,4 @@ mod smtp;
 mod systemd;
 mod tickets;
 mod vault;
+mod webhooks;
