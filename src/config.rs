@@ -49,6 +49,113 @@ pub struct Config {
     /// `CERTDROP_METRICS_LISTEN`: a second address serving `/metrics` without a token (for
     /// Prometheus, on a private network); without it `/metrics` takes an admin's API token.
     pub metrics_listen: Option<SocketAddr>,
+    /// `CERTDROP_ACME_*`: automatic certificates; `None` (no directory set): ACME is off.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Where certdrop gets automatic certificates, and how.
+#[derive(Clone, Debug)]
+pub struct AcmeConfig {
+    /// `CERTDROP_ACME_DIRECTORY`: the CA's directory URL (Let's Encrypt, its staging, Pebble…).
+    pub directory: Url,
+    /// `CERTDROP_ACME_EMAIL`: the account's contact, for the CA's expiry and policy notices.
+    pub email: Option<String>,
+    /// `CERTDROP_ACME_CA_ROOTS`: a PEM file trusted for the directory's own HTTPS (private CAs).
+    pub ca_roots: Option<PathBuf>,
+    /// `CERTDROP_ACME_EAB_KID` and `CERTDROP_ACME_EAB_HMAC_KEY` (base64url): an External Account
+    /// Binding, for CAs that need one.
+    pub eab: Option<(String, SecretString)>,
+    /// `CERTDROP_ACME_CHALLENGE`: `http-01` (default; `tls-alpn-01` where a node has no plain
+    /// HTTP listener) or `tls-alpn-01`.
+    pub challenge: AcmeChallenge,
+    /// `CERTDROP_ACME_FALLBACK_DAYS`: an uploaded certificate this close to expiry, with no
+    /// update under way, is replaced by an ACME one (apps that opted in).
+    pub fallback_days: i64,
+    /// How often renewals and fallbacks are looked for.
+    pub scan_interval: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    Http01,
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// An ACME configuration for `directory` with every other setting at its default.
+    pub fn new(directory: Url) -> Self {
+        Self {
+            directory,
+            email: None,
+            ca_roots: None,
+            eab: None,
+            challenge: AcmeChallenge::Http01,
+            fallback_days: 7,
+            scan_interval: std::time::Duration::from_secs(60),
+        }
+    }
+
+    fn from_env() -> anyhow::Result<Option<Self>> {
+        let Some(raw) = read_var("CERTDROP_ACME_DIRECTORY")? else {
+            return Ok(None);
+        };
+        let directory = Url::parse(&raw)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+            .ok_or_else(|| anyhow::anyhow!("CERTDROP_ACME_DIRECTORY: `{raw}` is not a URL; use e.g. https://acme-v02.api.letsencrypt.org/directory"))?;
+        let mut acme = Self::new(directory);
+        acme.email = read_var("CERTDROP_ACME_EMAIL")?;
+        if let Some(email) = &acme.email
+            && email.parse::<lettre::Address>().is_err()
+        {
+            bail!("CERTDROP_ACME_EMAIL: `{email}` is not an email address");
+        }
+        acme.ca_roots = read_var("CERTDROP_ACME_CA_ROOTS")?.map(PathBuf::from);
+        if let Some(path) = acme.ca_roots.as_ref().filter(|p| !p.is_file()) {
+            bail!(
+                "CERTDROP_ACME_CA_ROOTS: {} is not a readable PEM file",
+                path.display()
+            );
+        }
+        acme.eab = match (
+            read_var("CERTDROP_ACME_EAB_KID")?,
+            read_var("CERTDROP_ACME_EAB_HMAC_KEY")?,
+        ) {
+            (Some(kid), Some(key)) => Some((kid, SecretString::from(key))),
+            (None, None) => None,
+            _ => bail!(
+                "CERTDROP_ACME_EAB_KID and CERTDROP_ACME_EAB_HMAC_KEY go together: set both (from your CA's account page) or neither"
+            ),
+        };
+        acme.challenge = match read_var("CERTDROP_ACME_CHALLENGE")?.as_deref() {
+            None | Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some(other) => {
+                bail!("CERTDROP_ACME_CHALLENGE: `{other}` is neither http-01 nor tls-alpn-01")
+            }
+        };
+        if let Some(raw) = read_var("CERTDROP_ACME_FALLBACK_DAYS")? {
+            acme.fallback_days = raw
+                .parse()
+                .ok()
+                .filter(|d| (1..=60).contains(d))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "CERTDROP_ACME_FALLBACK_DAYS: `{raw}` is not a number of days from 1 to 60"
+                    )
+                })?;
+        }
+        Ok(Some(acme))
+    }
 }
 
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
@@ -147,6 +254,7 @@ impl Config {
         let fleet_public_key = read_var("CERTDROP_FLEET_PUBLIC_KEY")?
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
+        let acme = AcmeConfig::from_env()?;
         let mut config = Self::build(
             data_dir,
             database_url,
@@ -165,6 +273,7 @@ impl Config {
         config.apps_domain = apps_domain;
         config.dns_resolver = dns_resolver;
         config.metrics_listen = metrics_listen;
+        config.acme = acme;
         if let Some(timeout) = apply_timeout {
             config.apply_timeout = timeout;
         }
@@ -262,6 +371,7 @@ impl Config {
             dns_resolver: None,
             apply_timeout: std::time::Duration::from_secs(60),
             metrics_listen: None,
+            acme: None,
         })
     }
 

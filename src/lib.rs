@@ -3,6 +3,8 @@
 
 /// Users, roles, passwords, sessions, CSRF, login rate limits and API tokens.
 pub mod accounts;
+/// Automatic certificates over ACME: account, orders, challenges, renewal and fallback.
+pub mod acme;
 /// Apps: a name, an owner and the backend their traffic reaches.
 pub mod apps;
 /// The append-only audit trail.

@@ -85,6 +85,7 @@ impl Application {
             trust: Arc::new(trust),
             mail_wake: Arc::new(Notify::new()),
             deploy_wake: Arc::new(Notify::new()),
+            acme_wake: Arc::new(Notify::new()),
             config_changed: Arc::new(Notify::new()),
             pair_versions: Arc::default(),
             storage_full_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -169,6 +170,7 @@ fn spawn_workers(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let limiter = state.login_limiter.clone();
     vec![
         tokio::spawn(edge::deploy::run(state.clone())),
+        tokio::spawn(crate::acme::worker::run(state.clone())),
         tokio::spawn(edge::versions::run(state.clone())),
         tokio::spawn(crate::webhooks::worker::run(state.clone())),
         tokio::spawn(edge::session_keys::run(state.clone())),

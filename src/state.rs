@@ -27,6 +27,8 @@ pub struct AppState {
     pub mail_wake: Arc<Notify>,
     /// Wakes the deploy worker when a ticket is approved.
     pub deploy_wake: Arc<Notify>,
+    /// Wakes the ACME worker when an order is queued.
+    pub acme_wake: Arc<Notify>,
     /// Told when a pair's configuration changes here, so `pair_versions` is read at once.
     pub config_changed: Arc<Notify>,
     /// Every pair's configuration version, read once per instance for all long-polls.

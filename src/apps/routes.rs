@@ -459,6 +459,8 @@ pub struct AppJson {
     owner: String,
     force_https: bool,
     hsts_max_age: i64,
+    /// Whether an uploaded certificate near expiry is replaced by an ACME one.
+    acme_fallback: bool,
     domains: Vec<String>,
     platform_hostname: Option<String>,
     /// Where the app's domains should point: the CNAME target and the pair's addresses.
@@ -484,6 +486,7 @@ impl AppJson {
             owner: app.owner_email,
             force_https: app.force_https,
             hsts_max_age: app.hsts_max_age,
+            acme_fallback: app.acme_fallback,
             domains,
             created_at: web::rfc3339(app.created_at),
         }
@@ -613,6 +616,7 @@ struct SettingsForm {
     backend_url: String,
     force_https: Option<String>,
     hsts_max_age: Option<String>,
+    acme_fallback: Option<String>,
 }
 
 async fn settings_page(
@@ -631,6 +635,7 @@ async fn settings_page(
         force_https: Some(form.force_https.is_some()),
         backend_url: Some(form.backend_url),
         hsts_max_age,
+        acme_fallback: Some(form.acme_fallback.is_some()),
     };
     match update_app(&state, &me.user, ip, &app, changes).await {
         Ok(()) => {

@@ -19,11 +19,13 @@ pub struct App {
     pub force_https: bool,
     /// HSTS max-age the edge sends while HTTPS is forced (0: no HSTS).
     pub hsts_max_age: i64,
+    /// An uploaded certificate near expiry is replaced by an ACME one (`acme::worker`).
+    pub acme_fallback: bool,
     pub created_at: i64,
 }
 
 const APP_COLUMNS: &str = "a.id, a.name, a.owner_id, u.email AS owner_email, a.backend_url, \
-                           a.force_https, a.hsts_max_age, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id";
+                           a.force_https, a.hsts_max_age, a.acme_fallback, a.created_at FROM apps a JOIN users u ON u.id = a.owner_id";
 
 fn app_from_row(row: &AnyRow) -> Result<App, sqlx::Error> {
     Ok(App {
@@ -34,6 +36,7 @@ fn app_from_row(row: &AnyRow) -> Result<App, sqlx::Error> {
         backend_url: row.try_get("backend_url")?,
         force_https: row.try_get::<i64, _>("force_https")? != 0,
         hsts_max_age: row.try_get("hsts_max_age")?,
+        acme_fallback: row.try_get::<i64, _>("acme_fallback")? != 0,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -129,17 +132,19 @@ pub struct Changes {
     pub force_https: Option<bool>,
     pub backend_url: Option<String>,
     pub hsts_max_age: Option<i64>,
+    pub acme_fallback: Option<bool>,
 }
 
 pub async fn update(db: &Db, app: &App, changes: &Changes) -> AppResult<()> {
     sqlx::query(
         "UPDATE apps SET force_https = COALESCE($1, force_https), backend_url = COALESCE($2, backend_url), \
-         hsts_max_age = COALESCE($3, hsts_max_age) WHERE id = $4",
+         hsts_max_age = COALESCE($3, hsts_max_age), acme_fallback = COALESCE($5, acme_fallback) WHERE id = $4",
     )
     .bind(changes.force_https.map(i64::from))
     .bind(changes.backend_url.as_deref())
     .bind(changes.hsts_max_age)
     .bind(app.id)
+    .bind(changes.acme_fallback.map(i64::from))
     .execute(db)
     .await?;
     Ok(())

@@ -49,6 +49,20 @@ pub struct UploadForm {
     pub csrf_token: Option<String>,
 }
 
+impl UploadForm {
+    /// A certificate a CA issued for a key born here (ACME): the leaf and the chain it came
+    /// with, no key; every check of an upload applies.
+    pub fn issued(certificate: &[u8], chain: &[u8]) -> Self {
+        Self {
+            certificate: Zeroizing::new(certificate.to_vec()),
+            private_key: Zeroizing::new(Vec::new()),
+            chain: Zeroizing::new(chain.to_vec()),
+            bypass: false,
+            csrf_token: None,
+        }
+    }
+}
+
 fn too_large() -> AppError {
     AppError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -237,6 +251,8 @@ pub fn report_json(cert: &Certificate, status: &str, sealed: &[SealedTo]) -> Val
         "chain_len": cert.chain_len,
         "warnings": cert.warnings,
         "source": cert.source,
+        "renews_at": cert.renews_at.map(web::rfc3339),
+        "last_renewal": null,
         "status": status,
         "sealed_to": sealed_to_json(sealed),
         "created_at": web::rfc3339(cert.created_at),
@@ -300,14 +316,18 @@ async fn list_api(
     let (certs, next) = store::list_for_app(&state.db, &app, q.page()?).await?;
     let statuses = store::statuses(&state.db, app.id).await?;
     let sealed = custody::sealed_to(&state.db, app.id).await?;
+    let ids: Vec<i64> = certs.iter().map(|c| c.id).collect();
+    let renewals = crate::acme::store::last_renewals(&state.db, &ids).await?;
     let items: Vec<Value> = certs
         .iter()
         .map(|c| {
-            report_json(
+            let mut item = report_json(
                 c,
                 status(&statuses, c),
                 sealed.get(&c.id).map(Vec::as_slice).unwrap_or_default(),
-            )
+            );
+            item["last_renewal"] = json!(renewals.get(&c.id));
+            item
         })
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
@@ -338,6 +358,11 @@ async fn show_api(
             .collect::<Vec<_>>()
     );
     body["chain_pem"] = json!(cert.chain_pem);
+    body["last_renewal"] = json!(
+        crate::acme::store::last_renewals(&state.db, &[cert.id])
+            .await?
+            .get(&cert.id)
+    );
     Ok(Json(body).into_response())
 }
 

@@ -42,11 +42,13 @@ pub struct Certificate {
     pub created_at: i64,
     /// `uploaded` (with its key) or `csr` (its key born here).
     pub source: String,
+    /// When certdrop renews it (ACME certificates only).
+    pub renews_at: Option<i64>,
 }
 
 const COLUMNS: &str = "c.id, c.app_id, a.name AS app, c.common_name, c.sans, c.domains_covered, c.issuer, \
     c.not_before, c.not_after, c.fingerprint_sha256, c.key_type, c.trusted, c.chain_len, c.warnings, \
-    c.chain_pem, c.created_at, c.source FROM certificates c JOIN apps a ON a.id = c.app_id";
+    c.chain_pem, c.created_at, c.source, c.renews_at FROM certificates c JOIN apps a ON a.id = c.app_id";
 
 fn json_list<T: serde::de::DeserializeOwned>(raw: &str) -> Result<Vec<T>, sqlx::Error> {
     serde_json::from_str(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -71,6 +73,7 @@ fn from_row(row: &AnyRow) -> Result<Certificate, sqlx::Error> {
         chain_pem: row.try_get("chain_pem")?,
         created_at: row.try_get("created_at")?,
         source: row.try_get("source")?,
+        renews_at: row.try_get("renews_at")?,
     })
 }
 
@@ -94,32 +97,15 @@ pub async fn insert(
         })
         .collect();
     let mut tx = db.begin().await?;
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO certificates (app_id, uploaded_by, common_name, sans, domains_covered, issuer, \
-         not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
-         sealed_key, vault_recipient, created_at, source) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-         ON CONFLICT (app_id, fingerprint_sha256) DO NOTHING RETURNING id",
+    let inserted = insert_row(
+        &mut tx,
+        app.id,
+        user.id,
+        inspection,
+        chain_pem,
+        sealed,
+        inspection.key_origin.source(),
     )
-    .bind(app.id)
-    .bind(user.id)
-    .bind(&inspection.common_name)
-    .bind(serde_json::to_string(&inspection.sans).expect("strings serialize"))
-    .bind(serde_json::to_string(&inspection.domains_covered).expect("strings serialize"))
-    .bind(&inspection.issuer)
-    .bind(inspection.not_before)
-    .bind(inspection.not_after)
-    .bind(&inspection.fingerprint_sha256)
-    .bind(&inspection.key_type)
-    .bind(i64::from(inspection.trusted))
-    .bind(inspection.chain.len().saturating_sub(1) as i64)
-    .bind(serde_json::to_string(&warnings).expect("warnings serialize"))
-    .bind(chain_pem)
-    .bind(&sealed.armored)
-    .bind(&sealed.recipient)
-    .bind(db::now())
-    .bind(inspection.key_origin.source())
-    .fetch_optional(&mut *tx)
     .await?;
     let (id, created) = match inserted {
         Some(id) => (id, true),
@@ -157,6 +143,54 @@ pub async fn insert(
     .await?;
     tx.commit().await?;
     Ok((find(db, id).await?, created))
+}
+
+/// Inserts a certificate row (once per app and leaf): its id, or `None` when the app holds
+/// that leaf already.
+pub async fn insert_row(
+    conn: &mut sqlx::AnyConnection,
+    app_id: i64,
+    uploaded_by: i64,
+    inspection: &Inspection,
+    chain_pem: &str,
+    sealed: &SealedKey,
+    source: &str,
+) -> AppResult<Option<i64>> {
+    let warnings: Vec<Warning> = inspection
+        .warnings
+        .iter()
+        .map(|w: &ErrorItem| Warning {
+            code: w.code.to_string(),
+            message: w.message.clone(),
+        })
+        .collect();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO certificates (app_id, uploaded_by, common_name, sans, domains_covered, issuer, \
+         not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
+         sealed_key, vault_recipient, created_at, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT (app_id, fingerprint_sha256) DO NOTHING RETURNING id",
+    )
+    .bind(app_id)
+    .bind(uploaded_by)
+    .bind(&inspection.common_name)
+    .bind(serde_json::to_string(&inspection.sans).expect("strings serialize"))
+    .bind(serde_json::to_string(&inspection.domains_covered).expect("strings serialize"))
+    .bind(&inspection.issuer)
+    .bind(inspection.not_before)
+    .bind(inspection.not_after)
+    .bind(&inspection.fingerprint_sha256)
+    .bind(&inspection.key_type)
+    .bind(i64::from(inspection.trusted))
+    .bind(inspection.chain.len().saturating_sub(1) as i64)
+    .bind(serde_json::to_string(&warnings).expect("warnings serialize"))
+    .bind(chain_pem)
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(db::now())
+    .bind(source)
+    .fetch_optional(conn)
+    .await?)
 }
 
 async fn find(db: &Db, id: i64) -> AppResult<Certificate> {

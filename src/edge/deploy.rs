@@ -103,14 +103,18 @@ async fn claim_due(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A mail's idempotency key: once per run, so a retried deployment that fails again or
+/// seals to new nodes says so again (the first run keeps the keys it always had).
+fn mail_key(ticket_id: i64, run: &str, what: &str) -> String {
+    match run {
+        "1" => format!("ticket:{ticket_id}:{what}"),
+        run => format!("ticket:{ticket_id}:run{run}:{what}"),
+    }
+}
+
 impl Job {
-    /// A mail's idempotency key: once per run, so a retried deployment that fails again or
-    /// seals to new nodes says so again (the first run keeps the keys it always had).
     fn mail_key(&self, ticket_id: i64, what: &str) -> String {
-        match self.run {
-            1 => format!("ticket:{ticket_id}:{what}"),
-            run => format!("ticket:{ticket_id}:run{run}:{what}"),
-        }
+        mail_key(ticket_id, &self.run.to_string(), what)
     }
 }
 
@@ -562,8 +566,11 @@ async fn succeed(
             .collect(),
         ),
     };
-    let mail = tickets::customer_mail(state, ticket, subject, lines);
-    mail::enqueue(&mut tx, &format!("ticket:{}:deployed", ticket.id), &mail).await?;
+    // A renewal that worked is news to nobody: only its failure is mailed.
+    if ticket.automatic.as_deref() != Some("renewal") {
+        let mail = tickets::customer_mail(state, ticket, subject, lines);
+        mail::enqueue(&mut tx, &format!("ticket:{}:deployed", ticket.id), &mail).await?;
+    }
     crate::webhooks::emit(
         &mut tx,
         ticket.owner_id,
@@ -611,31 +618,72 @@ async fn fail(
     why: &str,
 ) -> anyhow::Result<()> {
     let mut tx = state.db.begin().await?;
-    match tickets::store::transition(&mut tx, ticket.id, TicketState::Failed, None, Some(why)).await
-    {
+    let failure = Failure {
+        run: job.run.to_string(),
+        why,
+        customer: "our edge servers did not confirm it, so it was rolled back",
+        hint: "Check that both nodes of the pair run `certdrop edge` and reach the control plane; the ticket page shows each step and its time.",
+    };
+    if !record_failure(&mut tx, state, ticket, job.pair_id, &failure).await? {
+        drop(tx);
+        return finish_job(state, job).await;
+    }
+    sqlx::query("UPDATE deploy_jobs SET state = 'done', updated_at = $1 WHERE id = $2")
+        .bind(db::now())
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.config_changed.notify_waiters();
+    state.mail_wake.notify_one();
+    observe(state, ticket, "failed").await
+}
+
+/// Why a ticket failed, for its mails.
+pub struct Failure<'a> {
+    /// Tells the mails of one attempt from another's (`1`, `2`… for deployments).
+    pub run: String,
+    /// The technical reason, for staff and the ticket.
+    pub why: &'a str,
+    /// What happened, in the customer's words.
+    pub customer: &'a str,
+    /// What staff should check.
+    pub hint: &'a str,
+}
+
+/// A ticket's failure, in the caller's transaction: the ticket ends `failed` with `why`, the
+/// pair goes back to what it served before (a provision's pair back to the pool), the
+/// customer reads what it means for their site, staff get the technical reason, webhooks and
+/// the audit trail hear of it. `false` when the ticket had already moved on (nothing was done).
+pub async fn record_failure(
+    tx: &mut sqlx::AnyConnection,
+    state: &AppState,
+    ticket: &tickets::store::Ticket,
+    pair_id: i64,
+    failure: &Failure<'_>,
+) -> anyhow::Result<bool> {
+    let (run, why) = (failure.run.as_str(), failure.why);
+    match tickets::store::transition(tx, ticket.id, TicketState::Failed, None, Some(why)).await {
         Ok(_) => {}
-        Err(err) if err.first_code() == "invalid_transition" => {
-            drop(tx);
-            return finish_job(state, job).await;
-        }
+        Err(err) if err.first_code() == "invalid_transition" => return Ok(false),
         Err(err) => return Err(err.into()),
     }
-    let previous = tickets::store::deployed_certificate(&mut tx, ticket.app_id).await?;
+    let previous = tickets::store::deployed_certificate(tx, ticket.app_id).await?;
     match ticket.kind {
         // Never deployed: the pair goes back to the free pool and serves nothing.
         TicketKind::Provision => {
             sqlx::query("UPDATE edge_pairs SET app_id = NULL, certificate_id = NULL, config_version = config_version + 1 WHERE id = $1")
-                .bind(job.pair_id)
+                .bind(pair_id)
                 .execute(&mut *tx)
                 .await?;
             // Like any released pair: the next app on it starts with keys of its own.
-            session_keys::forget(&mut tx, job.pair_id).await?;
+            session_keys::forget(tx, pair_id).await?;
         }
         // Keep serving what was verified before.
         _ => {
             sqlx::query("UPDATE edge_pairs SET certificate_id = $1, config_version = config_version + 1 WHERE id = $2")
                 .bind(previous)
-                .bind(job.pair_id)
+                .bind(pair_id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -651,37 +699,46 @@ async fn fail(
         format!("Ticket #{} failed", ticket.id),
         vec![
             format!(
-                "Your {} ticket for {} could not be completed: our edge servers did not confirm it, so it was rolled back.",
+                "Your {} ticket for {} could not be completed: {}.",
                 ticket.kind.as_str(),
-                ticket.app
+                ticket.app,
+                failure.customer
             ),
             format!(
                 "Nothing is charged for it, and {serves}. Our staff have the technical details and will follow up."
             ),
         ],
     );
-    mail::enqueue(&mut tx, &job.mail_key(ticket.id, "failed"), &mail).await?;
+    mail::enqueue(tx, &mail_key(ticket.id, run, "failed"), &mail).await?;
     crate::webhooks::emit(
-        &mut tx,
+        tx,
         ticket.owner_id,
         "deployment.failed",
-        &format!("{}:{}", ticket.id, job.run),
+        &format!("{}:{run}", ticket.id),
         json!({"ticket_id": ticket.id, "app": ticket.app, "kind": ticket.kind.as_str(), "serves": serves}),
     )
     .await?;
-    for (staff_id, email) in tickets::store::staff_emails(&mut tx).await? {
+    for (staff_id, email) in tickets::store::staff_emails(tx).await? {
         let mail = mail::Mail {
             to: email,
-            subject: format!("Ticket #{} failed: {} for {}", ticket.id, ticket.kind.as_str(), ticket.app),
+            subject: format!(
+                "Ticket #{} failed: {} for {}",
+                ticket.id,
+                ticket.kind.as_str(),
+                ticket.app
+            ),
             paragraphs: vec![
-                format!("The deployment of ticket #{} failed: {why}", ticket.id),
-                "Check that both nodes of the pair run `certdrop edge` and reach the control plane; the ticket page shows each step and its time.".into(),
+                format!("Ticket #{} failed: {why}", ticket.id),
+                failure.hint.into(),
             ],
-            link: Some((tickets::ticket_link(state, ticket.id), format!("Ticket #{}", ticket.id))),
+            link: Some((
+                tickets::ticket_link(state, ticket.id),
+                format!("Ticket #{}", ticket.id),
+            )),
         };
         mail::enqueue(
-            &mut tx,
-            &job.mail_key(ticket.id, &format!("failed:{staff_id}")),
+            tx,
+            &mail_key(ticket.id, run, &format!("failed:{staff_id}")),
             &mail,
         )
         .await?;
@@ -694,13 +751,5 @@ async fn fail(
             .detail(json!({"error": why})),
     )
     .await?;
-    sqlx::query("UPDATE deploy_jobs SET state = 'done', updated_at = $1 WHERE id = $2")
-        .bind(db::now())
-        .bind(job.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    state.config_changed.notify_waiters();
-    state.mail_wake.notify_one();
-    observe(state, ticket, "failed").await
+    Ok(true)
 }

@@ -77,6 +77,20 @@ pub struct NodeConfig {
     /// The pair's TLS session ticket keys, newest first, each sealed to both of its nodes.
     #[serde(default)]
     pub session_ticket_keys: Vec<String>,
+    /// ACME challenges the pair answers while a CA validates one of its app's orders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<Challenge>,
+}
+
+/// One ACME challenge: `http-01` is answered on the plain-HTTP listener at
+/// `/.well-known/acme-challenge/{token}`, `tls-alpn-01` by a handshake offering `acme-tls/1`
+/// for `hostname`. The key authorization is public by design (the CA fetches it in the clear).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Challenge {
+    pub kind: String,
+    pub hostname: String,
+    pub token: String,
+    pub key_authorization: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -587,6 +587,7 @@ async fn node_config(state: &AppState, node: &store::Node, version: i64) -> AppR
         sites,
         allow_private_backends: state.config.allow_private_backends,
         session_ticket_keys,
+        challenges: crate::acme::store::challenges_for(&state.db, node.pair_id).await?,
     })
 }
 

@@ -10,8 +10,8 @@ pub mod store;
 use serde_json::json;
 
 use self::{
-    state::{TicketKind, TicketState},
-    store::Ticket,
+    state::{Source, TicketKind, TicketState},
+    store::{NewTicket, Ticket},
 };
 use crate::{
     accounts::{
@@ -57,6 +57,7 @@ pub async fn open(
     app: &App,
     kind: TicketKind,
     certificate_id: Option<i64>,
+    source: Source,
 ) -> AppResult<Ticket> {
     if app.owner_id != user.id {
         return Err(AppError::new(
@@ -68,6 +69,28 @@ pub async fn open(
     let serving = store::deployed_certificate(&mut conn, app.id).await?;
     let holds_pair = edge::store::pair_of_app(&mut conn, app.id).await?.is_some();
     let certificate_id = match kind {
+        TicketKind::Provision | TicketKind::Update if source == Source::Acme => {
+            crate::acme::check_orderable(state, &mut conn, app, certificate_id).await?;
+            if kind == TicketKind::Provision && (holds_pair || serving.is_some()) {
+                return Err(AppError::conflict(
+                    "already_provisioned",
+                    "This app already has its edge pair; open an update ticket to switch it to an automatic certificate.",
+                ));
+            }
+            if kind == TicketKind::Update && serving.is_none() {
+                return Err(AppError::conflict(
+                    "not_provisioned",
+                    "This app serves no certificate yet; open a provision ticket first.",
+                ));
+            }
+            None
+        }
+        _ if source == Source::Acme => {
+            return Err(AppError::unprocessable(ErrorItem::new(
+                "invalid_request",
+                "Only provision and update tickets can ask for an automatic (ACME) certificate.",
+            ).on("source")));
+        }
         TicketKind::Provision | TicketKind::Update => {
             let id = certificate_id.ok_or_else(|| {
                 AppError::unprocessable(ErrorItem::new(
@@ -151,7 +174,14 @@ pub async fn open(
     drop(conn);
 
     let mut tx = state.db.begin().await?;
-    let id = store::insert_open(&mut tx, app.id, kind, certificate_id, user).await?;
+    let new = NewTicket {
+        app_id: app.id,
+        kind,
+        certificate_id,
+        source,
+        automatic: None,
+    };
+    let id = store::insert_open(&mut tx, &new, user.id).await?;
     for (staff_id, email) in store::staff_emails(&mut tx).await? {
         let mail = Mail {
             to: email,
@@ -173,7 +203,7 @@ pub async fn open(
         &mut *tx,
         Entry::new(Some(user), "ticket.opened", "ticket", id)
             .app(&app.name)
-            .detail(json!({"kind": kind.as_str(), "certificate_id": certificate_id}))
+            .detail(json!({"kind": kind.as_str(), "certificate_id": certificate_id, "source": source.as_str()}))
             .ip(ip.0),
     )
     .await?;
@@ -307,13 +337,21 @@ async fn start_visible(
                 )
             })?,
     };
-    let run = edge::store::create_job(
-        &mut tx,
-        id,
-        pair,
-        ticket.certificate_id.filter(|_| seals_key),
-    )
-    .await?;
+    let run = match (ticket.source, ticket.certificate_id) {
+        // Nothing issued yet: certdrop orders the certificate first, then deploys it.
+        (Source::Acme, None) => {
+            crate::acme::store::queue_order(&mut tx, id, ticket.app_id, pair).await?
+        }
+        _ => {
+            edge::store::create_job(
+                &mut tx,
+                id,
+                pair,
+                ticket.certificate_id.filter(|_| seals_key),
+            )
+            .await?
+        }
+    };
     let (subject, key) = match start {
         Start::Approve => (
             format!("Ticket #{id} approved: deploying {}", ticket.app),
@@ -357,6 +395,7 @@ async fn start_visible(
     tx.commit().await?;
     state.mail_wake.notify_one();
     state.deploy_wake.notify_one();
+    state.acme_wake.notify_one();
     Ok(())
 }
 

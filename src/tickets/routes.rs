@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     Start,
-    state::{TicketKind, TicketState},
+    state::{Source, TicketKind, TicketState},
     store::{self, Filter, Ticket, TicketEvent},
 };
 use crate::{
@@ -117,6 +117,8 @@ fn ticket_summary(ticket: &Ticket) -> Value {
         "kind": ticket.kind,
         "state": ticket.state,
         "certificate_id": ticket.certificate_id,
+        "source": ticket.source,
+        "automatic": ticket.automatic,
         "reason": ticket.reason,
         "created_at": web::rfc3339(ticket.created_at),
         "updated_at": web::rfc3339(ticket.updated_at),
@@ -156,6 +158,23 @@ struct OpenRequest {
     app: String,
     kind: String,
     certificate_id: Option<i64>,
+    /// `uploaded` (the default) or `acme`.
+    source: Option<String>,
+}
+
+fn parse_source(raw: Option<&str>) -> AppResult<Source> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(Source::Uploaded),
+        Some(raw) => Source::parse(raw).ok_or_else(|| {
+            AppError::unprocessable(
+                ErrorItem::new(
+                    "invalid_request",
+                    "A ticket's source is \"uploaded\" (a certificate you uploaded, named by certificate_id) or \"acme\" (certdrop obtains one automatically).",
+                )
+                .on("source"),
+            )
+        }),
+    }
 }
 
 fn parse_kind(raw: &str) -> AppResult<TicketKind> {
@@ -181,6 +200,7 @@ async fn open_api(
         &app,
         parse_kind(&req.kind)?,
         req.certificate_id,
+        parse_source(req.source.as_deref())?,
     )
     .await?;
     Ok((
@@ -511,6 +531,7 @@ struct OpenForm {
     app: String,
     kind: String,
     certificate_id: Option<String>,
+    source: Option<String>,
 }
 
 #[derive(Template)]
@@ -567,6 +588,7 @@ async fn open_page(
         &app,
         parse_kind(&form.kind)?,
         certificate_id,
+        parse_source(form.source.as_deref())?,
     )
     .await
     {

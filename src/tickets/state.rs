@@ -42,6 +42,32 @@ impl TicketKind {
     }
 }
 
+/// What a provision or update deploys: a certificate the customer uploaded (or completed from
+/// a CSR), or one certdrop obtains over ACME once the ticket is approved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Uploaded,
+    Acme,
+}
+
+impl Source {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "uploaded" => Some(Self::Uploaded),
+            "acme" => Some(Self::Acme),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploaded => "uploaded",
+            Self::Acme => "acme",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketState {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use super::state::{TicketKind, TicketState};
+use super::state::{Source, TicketKind, TicketState};
 use crate::{
     accounts::User,
     db::{self, Db},
@@ -21,13 +21,16 @@ pub struct Ticket {
     pub kind: TicketKind,
     pub state: TicketState,
     pub certificate_id: Option<i64>,
+    pub source: Source,
+    /// `renewal` or `fallback` for the tickets certdrop opens itself.
+    pub automatic: Option<String>,
     pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const COLUMNS: &str = "t.id, t.app_id, a.name AS app, a.owner_id, u.email AS owner_email, t.kind, t.state, \
-    t.certificate_id, t.reason, t.created_at, t.updated_at";
+    t.certificate_id, t.source, t.automatic, t.reason, t.created_at, t.updated_at";
 const FROM: &str =
     "FROM tickets t JOIN apps a ON a.id = t.app_id JOIN users u ON u.id = a.owner_id";
 
@@ -45,30 +48,46 @@ fn from_row(row: &AnyRow) -> Result<Ticket, sqlx::Error> {
         state: TicketState::parse(&state)
             .ok_or_else(|| sqlx::Error::Decode(format!("state {state}").into()))?,
         certificate_id: row.try_get("certificate_id")?,
+        source: Source::parse(&row.try_get::<String, _>("source")?)
+            .ok_or_else(|| sqlx::Error::Decode("ticket source".into()))?,
+        automatic: row.try_get("automatic")?,
         reason: row.try_get("reason")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
 }
 
+/// What a new ticket asks for.
+pub struct NewTicket<'a> {
+    pub app_id: i64,
+    pub kind: TicketKind,
+    pub certificate_id: Option<i64>,
+    pub source: Source,
+    /// `renewal` or `fallback` when certdrop opens it itself (for the app's owner).
+    pub automatic: Option<&'a str>,
+}
+
 /// Inserts an open ticket; a second open ticket of the same kind for the app is a 409.
+/// `opened_by` is the customer, or the app's owner for a ticket certdrop opens itself (its
+/// timeline then names no actor).
 pub async fn insert_open(
     conn: &mut AnyConnection,
-    app_id: i64,
-    kind: TicketKind,
-    certificate_id: Option<i64>,
-    opened_by: &User,
+    new: &NewTicket<'_>,
+    opened_by: i64,
 ) -> AppResult<i64> {
     let now = db::now();
+    let kind = new.kind;
     let id = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO tickets (app_id, kind, state, certificate_id, opened_by, created_at, updated_at) \
-         VALUES ($1, $2, 'open', $3, $4, $5, $5) RETURNING id",
+        "INSERT INTO tickets (app_id, kind, state, certificate_id, opened_by, created_at, updated_at, source, automatic) \
+         VALUES ($1, $2, 'open', $3, $4, $5, $5, $6, $7) RETURNING id",
     )
-    .bind(app_id)
+    .bind(new.app_id)
     .bind(kind.as_str())
-    .bind(certificate_id)
-    .bind(opened_by.id)
+    .bind(new.certificate_id)
+    .bind(opened_by)
     .bind(now)
+    .bind(new.source.as_str())
+    .bind(new.automatic)
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| {
@@ -87,7 +106,7 @@ pub async fn insert_open(
     record_event(
         conn,
         id,
-        Some(opened_by.id),
+        new.automatic.is_none().then_some(opened_by),
         None,
         Some(TicketState::Open),
         None,
@@ -155,6 +174,9 @@ pub async fn record_event(
     let step = match to {
         Some(TicketState::Approved) if from == Some(TicketState::Failed) => {
             Some(("Retry approved by staff".to_string(), true))
+        }
+        Some(TicketState::Approved) if actor_id.is_none() => {
+            Some(("Started by certdrop itself".to_string(), true))
         }
         Some(TicketState::Approved) => Some(("Approved by staff".to_string(), true)),
         Some(TicketState::Deploying) => Some(("Deployment started".to_string(), true)),

@@ -3,6 +3,7 @@
 mod common;
 
 mod accounts;
+mod acme;
 mod apps;
 mod backup;
 mod billing;
@@ -24,6 +25,7 @@ mod health;
 mod keyscan;
 mod mail;
 mod metrics;
+mod pebble;
 mod pki;
 mod smtp;
 mod systemd;

@@ -127,9 +127,9 @@ impl hyper::body::Body for Inbound {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(body.into())
             .map_err(|never| match never {})
             .boxed(),
     );
@@ -318,7 +318,12 @@ pub fn tls_acceptor(node: &Arc<Node>) -> TlsAcceptor {
         .expect("TLS 1.2 and 1.3 are supported")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(node.clone())));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only a CA validating tls-alpn-01 offers it (and nothing else).
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        super::sites::ACME_TLS_ALPN.to_vec(),
+    ];
     config.ticketer = Arc::new(Ticketer(node.clone()));
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     TlsAcceptor::from(Arc::new(config))
@@ -349,6 +354,10 @@ pub async fn serve_tls(listener: TcpListener, node: Arc<Node>, acceptor: TlsAcce
                 Err(_) => return,
             };
             node.metrics.handshake(tls.get_ref().1.handshake_kind());
+            // The CA's tls-alpn-01 check ends with the handshake (RFC 8737).
+            if tls.get_ref().1.alpn_protocol() == Some(super::sites::ACME_TLS_ALPN) {
+                return;
+            }
             let site = node.sites.load().for_sni(tls.get_ref().1.server_name());
             let Some(site) = site else { return };
             // ALPN already said which protocol: no need to sniff the first bytes.
@@ -433,7 +442,8 @@ pub async fn serve_http(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-/// Plain HTTP: a redirect to https when the app forces it, else the proxy.
+/// Plain HTTP: an ACME http-01 answer, a redirect to https when the app forces it, else the
+/// proxy.
 async fn plain(
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -441,6 +451,16 @@ async fn plain(
     node: Arc<Node>,
     client: Upstream,
 ) -> Result<Response<Body>, Infallible> {
+    // Answered before any redirect: the CA validates over plain HTTP. A token this node does
+    // not hold goes on to the app (which may run its own ACME client).
+    if let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+        && let Some(answer) = node.sites.load().http_challenge(token)
+    {
+        return Ok(text(StatusCode::OK, answer.to_string()));
+    }
     let host = req
         .headers()
         .get(header::HOST)

@@ -31,6 +31,34 @@ pub struct Sites {
     default: Option<Arc<Site>>,
     /// The pair's session ticket keys, swapped in with the sites.
     pub tickets: super::resumption::TicketKeys,
+    /// ACME `http-01` answers by token.
+    http_challenges: HashMap<String, String>,
+    /// ACME `tls-alpn-01` certificates by hostname, made here for the CA's handshake only.
+    alpn_challenges: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// The ALPN protocol of an ACME `tls-alpn-01` validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The self-signed certificate RFC 8737 asks for: the hostname, and the SHA-256 of the key
+/// authorization in the critical acmeIdentifier extension. Its throwaway key lives in memory.
+fn alpn_challenge_cert(
+    hostname: &str,
+    key_authorization: &str,
+    provider: &rustls::crypto::CryptoProvider,
+) -> anyhow::Result<CertifiedKey> {
+    use sha2::Digest;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        &sha2::Sha256::digest(key_authorization.as_bytes()),
+    )];
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!(e))?;
+    // Not `from_der`: its consistency check parses the certificate, and rejects the critical
+    // acmeIdentifier extension it does not know.
+    let signing_key = provider.key_provider.load_private_key(der)?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 impl std::fmt::Debug for Sites {
@@ -49,6 +77,29 @@ impl Sites {
             tickets: super::resumption::TicketKeys::open(&config.session_ticket_keys, identity),
             ..Self::default()
         };
+        for challenge in &config.challenges {
+            match challenge.kind.as_str() {
+                "http-01" => {
+                    sites
+                        .http_challenges
+                        .insert(challenge.token.clone(), challenge.key_authorization.clone());
+                }
+                "tls-alpn-01" => {
+                    let certified = alpn_challenge_cert(
+                        &challenge.hostname,
+                        &challenge.key_authorization,
+                        &provider,
+                    )
+                    .with_context(|| {
+                        format!("the tls-alpn-01 challenge for {}", challenge.hostname)
+                    })?;
+                    sites
+                        .alpn_challenges
+                        .insert(challenge.hostname.clone(), Arc::new(certified));
+                }
+                other => tracing::warn!(kind = other, "edge: unknown ACME challenge kind ignored"),
+            }
+        }
         for site in &config.sites {
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(site.chain_pem.as_bytes())
@@ -121,6 +172,11 @@ impl Sites {
         }
     }
 
+    /// The key authorization to answer `GET /.well-known/acme-challenge/{token}` with.
+    pub fn http_challenge(&self, token: &str) -> Option<&str> {
+        self.http_challenges.get(token).map(String::as_str)
+    }
+
     /// The site for a hostname: an exact match first, then a wildcard one label up.
     pub fn lookup(&self, host: &str) -> Option<Arc<Site>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -165,10 +221,60 @@ impl Site {
 
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0
-            .sites
-            .load()
+        let sites = self.0.sites.load();
+        // A CA validating tls-alpn-01 offers only `acme-tls/1`, and gets only the challenge.
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return sites.alpn_challenges.get(&name).cloned();
+        }
+        sites
             .for_sni(hello.server_name())
             .map(|s| s.certified_now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_alpn_challenge_is_answered_with_a_certificate_carrying_the_key_authorization() {
+        let config = NodeConfig {
+            version: 1,
+            pair: "p".into(),
+            sites: Vec::new(),
+            allow_private_backends: false,
+            session_ticket_keys: Vec::new(),
+            challenges: vec![
+                crate::edge::Challenge {
+                    kind: "tls-alpn-01".into(),
+                    hostname: "www.shop.test".into(),
+                    token: "t1".into(),
+                    key_authorization: "t1.thumb".into(),
+                },
+                crate::edge::Challenge {
+                    kind: "http-01".into(),
+                    hostname: "www.shop.test".into(),
+                    token: "t2".into(),
+                    key_authorization: "t2.thumb".into(),
+                },
+            ],
+        };
+        let sites = Sites::open(&config, &age::x25519::Identity::generate()).unwrap();
+        assert_eq!(sites.http_challenge("t2"), Some("t2.thumb"));
+        assert_eq!(sites.http_challenge("t1"), None);
+        let certified = sites.alpn_challenges.get("www.shop.test").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&certified.cert[0]).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("the acmeIdentifier extension");
+        assert!(ext.critical);
+        use sha2::Digest;
+        assert!(ext.value.ends_with(&sha2::Sha256::digest(b"t1.thumb")));
     }
 }
