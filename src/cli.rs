@@ -203,6 +203,14 @@ pub enum Command {
         #[arg(long)]
         app: String,
     },
+    /// Ask for an automatic certificate (ACME): a provision ticket, or an update when the app
+    /// already serves one. Once staff approve, certdrop obtains it for the app's verified
+    /// domains, deploys it, and renews it by itself.
+    #[command(name = "certs:auto")]
+    CertsAuto {
+        #[arg(long)]
+        app: String,
+    },
     /// Admin: upload the apps domain's wildcard certificate (CRT [CHAIN...] KEY), served at
     /// every app's platform hostname.
     #[command(name = "platform:cert")]

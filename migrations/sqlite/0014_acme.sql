@@ -64,3 +64,6 @@ ALTER TABLE generated_keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'csr';
 ALTER TABLE certificates ADD COLUMN renews_at BIGINT;
 -- An app serving an uploaded certificate gets an ACME one when it nears expiry or is removed.
 ALTER TABLE apps ADD COLUMN acme_fallback BIGINT NOT NULL DEFAULT 1;
+-- A certificate its owner removed: its key is wiped from the vault, it is never deployed
+-- again; a served one is first replaced (by the ACME fallback).
+ALTER TABLE certificates ADD COLUMN removed_at BIGINT;

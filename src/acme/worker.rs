@@ -744,17 +744,21 @@ async fn scan(state: &AppState, acme: &AcmeConfig) -> anyhow::Result<()> {
     .fetch_all(&state.db)
     .await?;
     for row in rows {
+        let not_after: i64 = row.try_get("not_after")?;
+        let app: String = row.try_get("app")?;
+        let renewal = row.try_get::<String, _>("source")? == "acme";
         let due = Due {
             app_id: row.try_get("app_id")?,
-            app: row.try_get("app")?,
             owner_id: row.try_get("owner_id")?,
             pair_id: row.try_get("pair_id")?,
             certificate_id: row.try_get("cert_id")?,
-            not_after: row.try_get("not_after")?,
-            reason: match row.try_get::<String, _>("source")?.as_str() {
-                "acme" => "renewal",
-                _ => "fallback",
-            },
+            why: (!renewal).then(|| {
+                format!(
+                    "The certificate {app} serves expires on {}, and no update is under way.",
+                    crate::web::format_time(not_after)
+                )
+            }),
+            app,
         };
         let mut conn = state.db.acquire().await?;
         let names = super::orderable(
@@ -764,53 +768,73 @@ async fn scan(state: &AppState, acme: &AcmeConfig) -> anyhow::Result<()> {
         if names.is_empty() {
             continue;
         }
-        if let Err(err) = open_automatic(state, &due).await {
-            tracing::warn!(app = %due.app, error = format!("{err:#}"), "acme: could not open the {}", due.reason);
+        let opened = async {
+            let mut tx = state.db.begin().await?;
+            open_automatic(&mut tx, state, &due).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        match opened.await {
+            Ok(()) => {
+                state.mail_wake.notify_one();
+                state.acme_wake.notify_one();
+            }
+            Err(err) => tracing::warn!(
+                app = %due.app,
+                error = format!("{err:#}"),
+                "acme: could not open a renewal or fallback"
+            ),
         }
     }
     Ok(())
 }
 
 /// A certificate that is due for renewal or fallback.
-struct Due {
-    app_id: i64,
-    app: String,
-    owner_id: i64,
-    pair_id: i64,
-    certificate_id: i64,
-    not_after: i64,
-    /// `renewal` or `fallback`.
-    reason: &'static str,
+pub struct Due {
+    pub app_id: i64,
+    pub app: String,
+    pub owner_id: i64,
+    pub pair_id: i64,
+    pub certificate_id: i64,
+    /// `None` for a renewal; for a fallback, what happened to the uploaded certificate, in the
+    /// words of the mail that tells the customer and staff.
+    pub why: Option<String>,
 }
 
-/// Opens and starts an automatic update ticket for `due`, in one transaction: no staff
-/// approval (the pair and the bill were approved with the app's provision), the key sealed only
-/// to the pair's confirmed nodes by the deploy worker as always.
-async fn open_automatic(state: &AppState, due: &Due) -> anyhow::Result<()> {
-    let mut tx = state.db.begin().await?;
+/// Opens and starts an automatic update ticket for `due` in the caller's transaction (wake the
+/// workers once it is committed): no staff approval (the pair and the bill were approved with
+/// the app's provision), and the key is sealed only to the pair's confirmed nodes by the deploy
+/// worker, as always. Returns the ticket.
+pub async fn open_automatic(
+    tx: &mut sqlx::AnyConnection,
+    state: &AppState,
+    due: &Due,
+) -> anyhow::Result<i64> {
+    let reason = match due.why {
+        None => "renewal",
+        Some(_) => "fallback",
+    };
     let new = NewTicket {
         app_id: due.app_id,
         kind: TicketKind::Update,
         certificate_id: None,
         source: Source::Acme,
-        automatic: Some(due.reason),
+        automatic: Some(reason),
     };
-    let id = tickets::store::insert_open(&mut tx, &new, due.owner_id).await?;
-    tickets::store::transition(&mut tx, id, TicketState::Approved, None, None).await?;
-    store::queue_order(&mut tx, id, due.app_id, due.pair_id).await?;
+    let id = tickets::store::insert_open(tx, &new, due.owner_id).await?;
+    tickets::store::transition(tx, id, TicketState::Approved, None, None).await?;
+    store::queue_order(tx, id, due.app_id, due.pair_id).await?;
     audit::record(
         &mut *tx,
         Entry::new(None, "ticket.opened", "ticket", id)
             .app(&due.app)
-            .detail(json!({"kind": "update", "source": "acme", "automatic": due.reason, "replaces": due.certificate_id})),
+            .detail(json!({"kind": "update", "source": "acme", "automatic": reason, "replaces": due.certificate_id})),
     )
     .await?;
-    if due.reason == "fallback" {
+    if let Some(why) = &due.why {
         let lines = vec![
             format!(
-                "The certificate {} serves expires on {}, and no update is under way. As {} opted in to the automatic fallback, certdrop is replacing it with a certificate from its certificate authority now; the site stays up throughout.",
-                due.app,
-                crate::web::format_time(due.not_after),
+                "{why} As {} opted in to the automatic fallback, certdrop is replacing it with a certificate from its certificate authority now; the site stays up throughout.",
                 due.app
             ),
             "Uploading a new certificate (and opening an update ticket for it) takes over again at any time.".into(),
@@ -821,7 +845,7 @@ async fn open_automatic(state: &AppState, due: &Due) -> anyhow::Result<()> {
             .await?;
         let mut to = vec![(format!("owner:{}", due.owner_id), owner)];
         to.extend(
-            tickets::store::staff_emails(&mut tx)
+            tickets::store::staff_emails(tx)
                 .await?
                 .into_iter()
                 .map(|(staff, email)| (format!("staff:{staff}"), email)),
@@ -829,19 +853,13 @@ async fn open_automatic(state: &AppState, due: &Due) -> anyhow::Result<()> {
         for (who, email) in to {
             let mail = mail::Mail {
                 to: email,
-                subject: format!(
-                    "{}: replacing an expiring certificate automatically",
-                    due.app
-                ),
+                subject: format!("{}: replacing its certificate automatically", due.app),
                 paragraphs: lines.clone(),
                 link: Some((tickets::ticket_link(state, id), format!("Ticket #{id}"))),
             };
-            mail::enqueue(&mut tx, &format!("ticket:{id}:fallback:{who}"), &mail).await?;
+            mail::enqueue(tx, &format!("ticket:{id}:fallback:{who}"), &mail).await?;
         }
     }
-    tx.commit().await?;
-    state.mail_wake.notify_one();
-    state.acme_wake.notify_one();
-    tracing::info!(app = %due.app, ticket = id, reason = due.reason, "acme: automatic ticket opened");
-    Ok(())
+    tracing::info!(app = %due.app, ticket = id, reason, "acme: automatic ticket opened");
+    Ok(id)
 }

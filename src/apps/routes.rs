@@ -301,6 +301,10 @@ struct AppPage {
     /// The viewer is not the owner (staff): domain changes need an audited reason.
     on_behalf: bool,
     certs: Vec<crate::certs::store::Certificate>,
+    /// The last renewal (or fallback) of each listed certificate.
+    renewals: std::collections::HashMap<i64, crate::acme::store::Renewal>,
+    /// Whether certdrop can obtain certificates itself (an ACME directory is configured).
+    acme: bool,
     statuses: std::collections::HashMap<i64, &'static str>,
     /// The ticket a pending or deploying certificate waits in, for a link from its status.
     waiting: std::collections::HashMap<i64, i64>,
@@ -365,6 +369,8 @@ pub async fn render_app_page(
         .collect();
     let (certs, _) =
         crate::certs::store::list_for_app(&state.db, &app, Page::new(None, None)?).await?;
+    let ids: Vec<i64> = certs.iter().map(|c| c.id).collect();
+    let renewals = crate::acme::store::last_renewals(&state.db, &ids).await?;
     let statuses = crate::certs::store::statuses(&state.db, app.id).await?;
     let waiting = crate::certs::store::waiting_tickets(&state.db, app.id).await?;
     let mut conn = state.db.acquire().await?;
@@ -400,6 +406,8 @@ pub async fn render_app_page(
             app,
             domains,
             certs,
+            renewals,
+            acme: state.config.acme.is_some(),
             statuses,
             waiting,
             provisioned,

@@ -18,7 +18,7 @@ pub enum KeyKind {
 impl KeyKind {
     pub fn parse(raw: &str) -> Result<Self, ErrorItem> {
         match raw.trim().to_ascii_lowercase().as_str() {
-            "" | "p256" | "p-256" | "ecdsa" => Ok(Self::P256),
+            "" | "p256" | "p-256" | "ecdsa" | "ecdsa-p256" => Ok(Self::P256),
             "rsa2048" | "rsa-2048" | "rsa" => Ok(Self::Rsa2048),
             other => Err(problem(
                 INVALID_REQUEST,

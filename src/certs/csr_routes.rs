@@ -31,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app}/csrs", axum::routing::post(generate_page))
         .route("/apps/{app}/csrs/{id}", get(csr_page))
         .route("/api/v1/apps/{app}/csrs", get(list_api).post(generate_api))
+        // PRODUCT.md's spelling of the same action.
+        .route("/api/v1/apps/{app}/csr", axum::routing::post(generate_api))
         .route("/api/v1/apps/{app}/csrs/{id}", get(show_api))
 }
 
@@ -39,6 +41,8 @@ pub fn router() -> Router<AppState> {
 pub struct GenerateRequest {
     pub key_type: Option<String>,
     pub subject: Option<String>,
+    /// The Common Name, when it is not in `subject` (the first domain otherwise).
+    pub common_name: Option<String>,
     /// The names to ask for: the app's domains when empty.
     #[serde(default)]
     pub domains: Vec<String>,
@@ -68,6 +72,18 @@ async fn generate(
         .map_err(|e| errors.push(e))
         .ok();
     let subject = csr::parse_subject(req.subject.as_deref().unwrap_or(""))
+        .map(|mut subject| {
+            if let Some(cn) = req
+                .common_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                && !subject.iter().any(|(name, _)| *name == "CN")
+            {
+                subject.insert(0, ("CN", cn.to_string()));
+            }
+            subject
+        })
         .map_err(|e| errors.push(e))
         .ok();
     let asked: Vec<String> = req
@@ -205,6 +221,7 @@ async fn generate_page(
             .split(|c: char| c == ',' || c.is_whitespace())
             .map(str::to_string)
             .collect(),
+        common_name: None,
     };
     match generate(&state, &me.user, ip, &app, req).await {
         Ok(key) => {

@@ -7,6 +7,7 @@ pub mod csr;
 pub mod csr_routes;
 pub mod intake;
 pub mod pem;
+pub mod removal;
 pub mod routes;
 pub mod store;
 pub mod trust;

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use super::{
     codes::{self, MAX_UPLOAD_BYTES},
     intake::{self, ChainEntry, Upload},
+    removal,
     store::{self, Certificate},
     x509::CertInfo,
 };
@@ -36,7 +37,8 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{app}/certs", post(upload_form))
         .route("/certs/{id}", get(cert_page))
         .route("/api/v1/apps/{app}/certs", get(list_api).post(upload_api))
-        .route("/api/v1/certs/{id}", get(show_api))
+        .route("/api/v1/certs/{id}", get(show_api).delete(remove_api))
+        .route("/certs/{id}/remove", post(remove_page))
 }
 
 /// The fields of an upload, read into memory that is wiped when dropped.
@@ -252,6 +254,7 @@ pub fn report_json(cert: &Certificate, status: &str, sealed: &[SealedTo]) -> Val
         "warnings": cert.warnings,
         "source": cert.source,
         "renews_at": cert.renews_at.map(web::rfc3339),
+        "removed_at": cert.removed_at.map(web::rfc3339),
         "last_renewal": null,
         "status": status,
         "sealed_to": sealed_to_json(sealed),
@@ -366,6 +369,45 @@ async fn show_api(
     Ok(Json(body).into_response())
 }
 
+/// `DELETE /api/v1/certs/{id}`: 200 `{"removed": true}`, or 202 with the fallback ticket that
+/// replaces a served certificate.
+async fn remove_api(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+) -> AppResult<Response> {
+    let cert = store::find_visible(&state.db, &user, id).await?;
+    Ok(match removal::remove(&state, &user, ip, &cert).await? {
+        removal::Removal::Removed => Json(json!({"removed": true})).into_response(),
+        removal::Removal::Replacing(ticket) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"removed": true, "replaced_by_ticket": ticket})),
+        )
+            .into_response(),
+    })
+}
+
+async fn remove_page(
+    State(state): State<AppState>,
+    me: SignedIn,
+    ip: ClientIp,
+    Path(id): Path<i64>,
+    csrf::CsrfForm(_): csrf::CsrfForm<csrf::NoFields>,
+) -> PageResult {
+    let cert = store::find_visible(&state.db, &me.user, id).await?;
+    let message = match removal::remove(&state, &me.user, ip, &cert).await? {
+        removal::Removal::Removed => {
+            "Certificate removed; its key is gone from the vault.".to_string()
+        }
+        removal::Removal::Replacing(ticket) => format!(
+            "Certificate removed. certdrop is replacing it with an automatic certificate (ticket #{ticket}); the site stays up meanwhile."
+        ),
+    };
+    web::flash(&me.session, "ok", message).await?;
+    Ok(see_other(&format!("/apps/{}", cert.app)))
+}
+
 // ---- pages ----
 
 #[derive(Template)]
@@ -467,6 +509,8 @@ struct CertPage {
     next_ticket: Option<&'static str>,
     chain: Vec<ChainEntry>,
     sealed_to: Vec<SealedTo>,
+    /// The viewer owns the app and the certificate is not removed yet.
+    can_remove: bool,
 }
 
 async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i64>) -> PageResult {
@@ -491,6 +535,7 @@ async fn cert_page(State(state): State<AppState>, me: SignedIn, Path(id): Path<i
     };
     Ok(render(&CertPage {
         chrome: me.chrome().await?,
+        can_remove: owner == me.user.id && cert.removed_at.is_none(),
         status,
         next_ticket,
         chain: chain_entries(&cert),

@@ -44,11 +44,13 @@ pub struct Certificate {
     pub source: String,
     /// When certdrop renews it (ACME certificates only).
     pub renews_at: Option<i64>,
+    /// When its owner removed it (its key is gone from the vault).
+    pub removed_at: Option<i64>,
 }
 
 const COLUMNS: &str = "c.id, c.app_id, a.name AS app, c.common_name, c.sans, c.domains_covered, c.issuer, \
     c.not_before, c.not_after, c.fingerprint_sha256, c.key_type, c.trusted, c.chain_len, c.warnings, \
-    c.chain_pem, c.created_at, c.source, c.renews_at FROM certificates c JOIN apps a ON a.id = c.app_id";
+    c.chain_pem, c.created_at, c.source, c.renews_at, c.removed_at FROM certificates c JOIN apps a ON a.id = c.app_id";
 
 fn json_list<T: serde::de::DeserializeOwned>(raw: &str) -> Result<Vec<T>, sqlx::Error> {
     serde_json::from_str(raw).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -74,6 +76,7 @@ fn from_row(row: &AnyRow) -> Result<Certificate, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         source: row.try_get("source")?,
         renews_at: row.try_get("renews_at")?,
+        removed_at: row.try_get("removed_at")?,
     })
 }
 
@@ -255,7 +258,7 @@ pub async fn list_for_app(
         page.after
     };
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} WHERE c.app_id = $1 AND c.id < $2 ORDER BY c.id DESC LIMIT $3"
+        "SELECT {COLUMNS} WHERE c.app_id = $1 AND c.removed_at IS NULL AND c.id < $2 ORDER BY c.id DESC LIMIT $3"
     ))
     .bind(app.id)
     .bind(before)
@@ -380,7 +383,7 @@ pub async fn insert_generated(
 ) -> AppResult<GeneratedKey> {
     let mut tx = db.begin().await?;
     let open: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM generated_keys WHERE app_id = $1 AND certificate_id IS NULL",
+        "SELECT COUNT(*) FROM generated_keys WHERE app_id = $1 AND certificate_id IS NULL AND purpose = 'csr'",
     )
     .bind(app.id)
     .fetch_one(&mut *tx)
@@ -429,7 +432,7 @@ pub async fn insert_generated(
 /// One of `app`'s generated keys (the caller has checked the app is visible).
 pub async fn find_generated(db: &Db, app: &App, id: i64) -> AppResult<GeneratedKey> {
     let row = sqlx::query(&format!(
-        "SELECT {GENERATED_COLUMNS} WHERE g.id = $1 AND g.app_id = $2"
+        "SELECT {GENERATED_COLUMNS} WHERE g.id = $1 AND g.app_id = $2 AND g.purpose = 'csr'"
     ))
     .bind(id)
     .bind(app.id)
@@ -451,7 +454,7 @@ pub async fn generated_of_app(
         page.after
     };
     let rows = sqlx::query(&format!(
-        "SELECT {GENERATED_COLUMNS} WHERE g.app_id = $1 AND g.id < $2 ORDER BY g.id DESC LIMIT $3"
+        "SELECT {GENERATED_COLUMNS} WHERE g.app_id = $1 AND g.purpose = 'csr' AND g.id < $2 ORDER BY g.id DESC LIMIT $3"
     ))
     .bind(app.id)
     .bind(before)

@@ -539,6 +539,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::CertsDeploy { id, app } => {
             deploy_uploaded(&Client::configured()?, &app, id, None, false).await
         }
+        Command::CertsAuto { app } => {
+            let client = Client::configured()?;
+            let info = client
+                .get(&format!("/api/v1/apps/{}", urlencode(&app)))
+                .await?;
+            let kind = match info["provisioned"] == true {
+                true => "update",
+                false => "provision",
+            };
+            let ticket = client
+                .post(
+                    "/api/v1/tickets",
+                    json!({"app": app, "kind": kind, "source": "acme"}),
+                )
+                .await?;
+            println!(
+                "Ticket #{} opened ({kind}, automatic certificate); once staff approve it, certdrop obtains the certificate from its certificate authority, deploys it, and renews it by itself.",
+                output::s(&ticket["id"])
+            );
+            Ok(())
+        }
         Command::CertsRollback { app } => {
             open_ticket(&Client::configured()?, &app, "rollback", None).await
         }

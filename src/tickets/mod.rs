@@ -102,6 +102,12 @@ pub async fn open(
             if cert.app_id != app.id {
                 return Err(AppError::not_found("certificate"));
             }
+            if cert.removed_at.is_some() {
+                return Err(AppError::conflict(
+                    "certificate_removed",
+                    "This certificate was removed (its key is gone); upload it again to deploy it.",
+                ));
+            }
             if cert.not_after < crate::db::now() {
                 return Err(AppError::unprocessable(ErrorItem::new(
                     "expired",

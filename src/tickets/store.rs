@@ -435,7 +435,8 @@ pub async fn rollback_target(
 ) -> AppResult<Option<i64>> {
     Ok(sqlx::query_scalar(
         "SELECT certificate_id FROM app_deployments WHERE app_id = $1 AND certificate_id IS NOT NULL \
-         AND certificate_id <> $2 ORDER BY id DESC LIMIT 1",
+         AND certificate_id <> $2 AND certificate_id IN (SELECT id FROM certificates WHERE removed_at IS NULL) \
+         ORDER BY id DESC LIMIT 1",
     )
     .bind(app_id)
     .bind(current)

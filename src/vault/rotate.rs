@@ -53,9 +53,11 @@ pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> 
     })
 }
 
-/// What the vault seals: private keys of certificates (the platform's too) and of CSRs,
-/// webhook endpoints' signing secrets, and accounts' TOTP secrets.
-const SEALED_COLUMNS: [(&str, &str, &str); 5] = [
+/// What the vault seals: private keys of certificates (the platform's too), of CSRs and ACME
+/// orders, the ACME account's credentials, webhook endpoints' signing secrets, and accounts'
+/// TOTP secrets.
+const SEALED_COLUMNS: [(&str, &str, &str); 6] = [
+    ("acme_accounts", "sealed_credentials", "vault_recipient"),
     ("webhook_endpoints", "secret_sealed", "vault_recipient"),
     ("certificates", "sealed_key", "vault_recipient"),
     ("platform_certificates", "sealed_key", "vault_recipient"),
@@ -93,7 +95,7 @@ async fn reseal_table(
     loop {
         let rows = sqlx::query(&format!(
             "SELECT id, {sealed_column} AS sealed FROM {table} \
-             WHERE {sealed_column} IS NOT NULL AND {recipient_column} <> $1 AND id > $2 ORDER BY id LIMIT 100"
+             WHERE {sealed_column} IS NOT NULL AND {sealed_column} <> '' AND {recipient_column} <> $1 AND id > $2 ORDER BY id LIMIT 100"
         ))
         .bind(recipient)
         .bind(after)

@@ -118,9 +118,9 @@ async fn automatic_ticket_deployed(ann: &Api, reason: &str, after: i64) -> Value
 
 /// Every key certdrop holds (the ACME account's and each certificate's) is sealed, and no
 /// fragment of any of them is in the control plane's files, the nodes' files or the database.
-async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2]) {
+async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2], uploaded: &[&pki::Leaf]) {
     let sealed: Vec<String> = sqlx::query_scalar(
-        "SELECT sealed_credentials FROM acme_accounts UNION ALL SELECT sealed_key FROM certificates \
+        "SELECT sealed_credentials FROM acme_accounts UNION ALL SELECT sealed_key FROM certificates WHERE removed_at IS NULL \
          UNION ALL SELECT sealed_key FROM generated_keys UNION ALL SELECT sealed_key FROM node_keys",
     )
     .fetch_all(&app.db)
@@ -134,6 +134,13 @@ async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2]) {
         "sealed at birth"
     );
     let mut needles = vec![b"PRIVATE KEY-----".to_vec()];
+    // The customer's own keys (removed or not), as the test made them.
+    for leaf in uploaded {
+        needles.extend(keyscan::fragments(
+            &leaf.key_pem,
+            &keyscan::public_forms(&leaf.der),
+        ));
+    }
     // The account key, as the vault opens it (instant-acme's credentials: PKCS#8, base64url).
     let account: String = sqlx::query_scalar("SELECT sealed_credentials FROM acme_accounts")
         .fetch_one(&app.db)
@@ -148,7 +155,7 @@ async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2]) {
     needles.push(credentials["key_pkcs8"].as_str().unwrap().as_bytes()[..40].to_vec());
     needles.extend(keyscan::fragments(&pem("PRIVATE KEY", &pkcs8), &[]));
     let certs: Vec<(String, String)> =
-        sqlx::query_as("SELECT sealed_key, chain_pem FROM certificates WHERE source = 'acme'")
+        sqlx::query_as("SELECT sealed_key, chain_pem FROM certificates WHERE source = 'acme' AND removed_at IS NULL")
             .fetch_all(&app.db)
             .await
             .unwrap();
@@ -362,7 +369,7 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
         1,
         "one account, reused"
     );
-    no_plaintext_keys(&app, &nodes).await;
+    no_plaintext_keys(&app, &nodes, &[]).await;
 }
 
 async fn wait_for_state(api: &Api, id: i64, want: &str) -> Value {
@@ -514,7 +521,102 @@ async fn an_expiring_upload_falls_back_to_acme_over_tls_alpn01(backend: Backend)
         .await
         .unwrap();
     assert_eq!(chain[0], fresh.fingerprint());
-    no_plaintext_keys(&app, &nodes).await;
+    let fresh_id = resp_id(&fresh, &app).await;
+
+    // With the fallback off, a served certificate cannot be removed: it would leave nothing.
+    let resp = ann
+        .patch_json("/api/v1/apps/shop", json!({"acme_fallback": false}))
+        .await;
+    assert_eq!(resp.json["acme_fallback"], false, "{}", resp.body);
+    let resp = ann.delete(&format!("/api/v1/certs/{fresh_id}")).await;
+    assert_eq!(
+        resp.codes("errors"),
+        ["certificate_in_use"],
+        "{}",
+        resp.body
+    );
+    ann.patch("/api/v1/apps/shop", json!({"acme_fallback": true}))
+        .await;
+
+    // Removing a certificate the app does not serve wipes its key at once.
+    let resp = ann.delete(&format!("/api/v1/certs/{uploaded}")).await;
+    assert_eq!(
+        (resp.status, &resp.json),
+        (StatusCode::OK, &json!({"removed": true})),
+        "{}",
+        resp.body
+    );
+    let gone: String = sqlx::query_scalar("SELECT sealed_key FROM certificates WHERE id = $1")
+        .bind(uploaded)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(gone, "", "its key is wiped");
+    let resp = ann
+        .post(
+            "/api/v1/tickets",
+            json!({"app": "shop", "kind": "update", "certificate_id": uploaded}),
+        )
+        .await;
+    assert_eq!(
+        resp.codes("errors"),
+        ["certificate_removed"],
+        "{}",
+        resp.body
+    );
+    // Staff never remove a customer's certificate.
+    assert_eq!(
+        staff
+            .delete(&format!("/api/v1/certs/{fresh_id}"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Removing the served one: the fallback replaces it, with traffic flowing and no failure.
+    let (stop, load) = keep_requesting(&nodes[0], &[ca.pem(), root.clone()]);
+    let resp = ann.delete(&format!("/api/v1/certs/{fresh_id}")).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.body);
+    let replacing = resp.json["replaced_by_ticket"].as_i64().unwrap();
+    let replaced = wait_ticket(&ann, replacing, "deployed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed_requests) = load.await.unwrap();
+    assert!(answered > 10, "{answered} requests answered");
+    assert_eq!(
+        failed_requests, 0,
+        "no request fails while a removed certificate is replaced"
+    );
+    assert_eq!(replaced["automatic"], "fallback");
+    let fingerprint: String =
+        sqlx::query_scalar("SELECT fingerprint_sha256 FROM certificates WHERE id = $1")
+            .bind(replaced["certificate_id"].as_i64().unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    for node in &nodes {
+        let (chain, _) = tls_check(node.tls, HOST, roots(&root)).await.unwrap();
+        assert_eq!(chain[0], fingerprint);
+    }
+    let listed = ann.get("/api/v1/apps/shop/certs").await.json;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != fresh_id && c["id"] != uploaded),
+        "removed ones are not listed: {listed}"
+    );
+    no_plaintext_keys(&app, &nodes, &[&leaf, &fresh]).await;
+}
+
+/// The id of the stored certificate `leaf`.
+async fn resp_id(leaf: &pki::Leaf, app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT id FROM certificates WHERE fingerprint_sha256 = $1")
+        .bind(leaf.fingerprint())
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
 }
 
 macro_rules! both_databases {
