@@ -45,6 +45,11 @@ pub async fn remove(
         return Ok(Removal::Removed);
     }
     let mut tx = state.db.begin().await?;
+    // A write first: SQLite then holds the write lock for the reads below (no stale snapshot).
+    sqlx::query("UPDATE certificates SET removed_at = removed_at WHERE id = $1")
+        .bind(cert.id)
+        .execute(&mut *tx)
+        .await?;
     let under_way: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM tickets WHERE app_id = $1 AND state IN ('open', 'approved', 'deploying') ORDER BY id LIMIT 1",
     )
