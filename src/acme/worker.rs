@@ -701,6 +701,7 @@ async fn postpone(
     }
     let wait = (30 * 4_i64.pow(order.attempts.saturating_sub(1) as u32)).min(6 * 3600);
     let mut tx = state.db.begin().await?;
+    store::clear_challenges(&mut tx, order).await?;
     sqlx::query(
         "UPDATE acme_orders SET state = 'pending', not_before = $1, lease_until = 0, error = $2, updated_at = $3 WHERE id = $4",
     )
@@ -719,6 +720,7 @@ async fn postpone(
     )
     .await?;
     tx.commit().await?;
+    state.config_changed.notify_waiters();
     tracing::warn!(order = order.id, why, wait, "acme: order postponed");
     Ok(())
 }

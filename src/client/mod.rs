@@ -461,6 +461,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "Expires",
                 "Trusted",
                 "Source",
+                "Renewal",
                 "Status",
             ]);
             for c in &items {
@@ -471,6 +472,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     output::s(&c["not_after"]).chars().take(10).collect(),
                     output::yes_no(&c["trusted"]),
                     output::s(&c["source"]),
+                    output::renewal(c),
                     output::s(&c["status"]),
                 ]);
             }

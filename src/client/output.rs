@@ -11,6 +11,22 @@ pub fn s(v: &Value) -> String {
     }
 }
 
+/// A certificate's renewal as the `certs` table shows it: when it renews (ACME), and how its
+/// last renewal or fallback went (`-` when neither applies).
+pub fn renewal(cert: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(at) = cert["renews_at"].as_str() {
+        parts.push(format!("renews {}", &at[..at.len().min(10)]));
+    }
+    if let Some(outcome) = cert["last_renewal"]["outcome"].as_str() {
+        parts.push(format!("last: {outcome}"));
+    }
+    match parts.is_empty() {
+        true => "-".into(),
+        false => parts.join(", "),
+    }
+}
+
 /// A JSON array of strings, comma-separated.
 pub fn list(v: &Value) -> String {
     v.as_array()
@@ -94,6 +110,11 @@ pub fn print_report(cert: &Value) {
     field("Fingerprint (SHA-256):", s(&cert["fingerprint_sha256"]));
     field("Trusted:", yes_no(&cert["trusted"]));
     field("Chain Length:", s(&cert["chain_len"]));
+    field("Source:", s(&cert["source"]));
+    field("Renewal:", renewal(cert));
+    if let Some(error) = cert["last_renewal"]["error"].as_str() {
+        field("Last renewal error:", error.to_string());
+    }
     field("Status:", s(&cert["status"]));
     if let Some(chain) = cert["chain"].as_array() {
         println!("Served chain:");

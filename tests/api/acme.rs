@@ -196,6 +196,22 @@ async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2], uploaded: &[&pk
     );
 }
 
+/// The `certdrop` command line, signed in as `api`'s user.
+fn cli(app: &TestApp, api: &Api, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_certdrop"))
+        .args(args)
+        .env("CERTDROP_URL", &app.address)
+        .env("CERTDROP_TOKEN", api.token.as_deref().unwrap())
+        .env("CERTDROP_CONFIG_DIR", app.data_dir.path().join("cli"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn pem(label: &str, der: &[u8]) -> String {
     let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
     let lines: Vec<&str> = body
@@ -254,21 +270,24 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
         resp.body
     );
 
-    let resp = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "provision", "source": "acme"}),
-        )
-        .await;
-    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
+    // The customer asks from the command line.
+    let (ok, out, err) = cli(&app, &ann, &["certs:auto", "--app", "shop"]);
+    assert!(
+        ok && out.contains("(provision, automatic certificate)"),
+        "{out}{err}"
+    );
+    let ticket: i64 = out
+        .split('#')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let opened = ann.get(&format!("/api/v1/tickets/{ticket}")).await.json;
     assert_eq!(
-        (
-            resp.json["source"].as_str(),
-            resp.json["certificate_id"].as_i64()
-        ),
+        (opened["source"].as_str(), opened["certificate_id"].as_i64()),
         (Some("acme"), None)
     );
-    let ticket = resp.json["id"].as_i64().unwrap();
 
     // The domain does not resolve to the pair yet: the CA refuses, in its own words.
     let resp = staff
@@ -368,6 +387,11 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
             .await,
         1,
         "one account, reused"
+    );
+    let (ok, out, _) = cli(&app, &ann, &["certs", "--app", "shop"]);
+    assert!(
+        ok && out.contains("acme") && out.contains("last: succeeded") && out.contains("renews 20"),
+        "{out}"
     );
     no_plaintext_keys(&app, &nodes, &[]).await;
 }
