@@ -303,21 +303,14 @@ async fn born_key(state: &AppState, order: &Order, ticket: &Ticket) -> Result<i6
     .await
     .map_err(anyhow::Error::from)??;
     let mut tx = state.db.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO generated_keys (app_id, created_by, key_type, subject, domains, csr_pem, public_key_sha256, \
-         sealed_key, vault_recipient, created_at, purpose) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'acme') RETURNING id",
+    let id = certs::store::insert_generated_row(
+        &mut tx,
+        order.app_id,
+        ticket.owner_id,
+        &generated,
+        &sealed,
+        "acme",
     )
-    .bind(order.app_id)
-    .bind(ticket.owner_id)
-    .bind(generated.kind.as_str())
-    .bind(&generated.subject)
-    .bind(serde_json::to_string(&generated.domains).expect("strings serialize"))
-    .bind(&generated.csr_pem)
-    .bind(&generated.public_key_id)
-    .bind(&sealed.armored)
-    .bind(&sealed.recipient)
-    .bind(db::now())
-    .fetch_one(&mut *tx)
     .await?;
     sqlx::query("UPDATE acme_orders SET generated_key_id = $1 WHERE id = $2")
         .bind(id)
@@ -563,7 +556,7 @@ async fn complete(
             }
         };
     let mut tx = state.db.begin().await?;
-    let cert_id = match certs::store::insert_row(
+    let (cert_id, _) = certs::store::insert_row(
         &mut tx,
         app.id,
         ticket.owner_id,
@@ -572,19 +565,7 @@ async fn complete(
         &sealed,
         "acme",
     )
-    .await?
-    {
-        Some(id) => id,
-        None => {
-            sqlx::query_scalar(
-                "SELECT id FROM certificates WHERE app_id = $1 AND fingerprint_sha256 = $2",
-            )
-            .bind(app.id)
-            .bind(&inspection.fingerprint_sha256)
-            .fetch_one(&mut *tx)
-            .await?
-        }
-    };
+    .await?;
     sqlx::query("UPDATE certificates SET renews_at = $1 WHERE id = $2")
         .bind(renews_at)
         .bind(cert_id)

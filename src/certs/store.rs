@@ -100,7 +100,7 @@ pub async fn insert(
         })
         .collect();
     let mut tx = db.begin().await?;
-    let inserted = insert_row(
+    let (id, created) = insert_row(
         &mut tx,
         app.id,
         user.id,
@@ -110,19 +110,6 @@ pub async fn insert(
         inspection.key_origin.source(),
     )
     .await?;
-    let (id, created) = match inserted {
-        Some(id) => (id, true),
-        None => {
-            let id: i64 = sqlx::query_scalar(
-                "SELECT id FROM certificates WHERE app_id = $1 AND fingerprint_sha256 = $2",
-            )
-            .bind(app.id)
-            .bind(&inspection.fingerprint_sha256)
-            .fetch_one(&mut *tx)
-            .await?;
-            (id, false)
-        }
-    };
     if let KeyOrigin::Born(key_id) = inspection.key_origin {
         sqlx::query(
             "UPDATE generated_keys SET certificate_id = $1 WHERE id = $2 AND certificate_id IS NULL",
@@ -148,8 +135,8 @@ pub async fn insert(
     Ok((find(db, id).await?, created))
 }
 
-/// Inserts a certificate row (once per app and leaf): its id, or `None` when the app holds
-/// that leaf already.
+/// Inserts a certificate row, once per app and leaf: its id, and whether it is new (`false`:
+/// the app held that leaf already, and nothing was written).
 pub async fn insert_row(
     conn: &mut sqlx::AnyConnection,
     app_id: i64,
@@ -158,7 +145,7 @@ pub async fn insert_row(
     chain_pem: &str,
     sealed: &SealedKey,
     source: &str,
-) -> AppResult<Option<i64>> {
+) -> AppResult<(i64, bool)> {
     let warnings: Vec<Warning> = inspection
         .warnings
         .iter()
@@ -167,7 +154,7 @@ pub async fn insert_row(
             message: w.message.clone(),
         })
         .collect();
-    Ok(sqlx::query_scalar(
+    let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO certificates (app_id, uploaded_by, common_name, sans, domains_covered, issuer, \
          not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
          sealed_key, vault_recipient, created_at, source) \
@@ -192,8 +179,21 @@ pub async fn insert_row(
     .bind(&sealed.recipient)
     .bind(db::now())
     .bind(source)
-    .fetch_optional(conn)
-    .await?)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match inserted {
+        Some(id) => (id, true),
+        None => (
+            sqlx::query_scalar(
+                "SELECT id FROM certificates WHERE app_id = $1 AND fingerprint_sha256 = $2",
+            )
+            .bind(app_id)
+            .bind(&inspection.fingerprint_sha256)
+            .fetch_one(conn)
+            .await?,
+            false,
+        ),
+    })
 }
 
 async fn find(db: &Db, id: i64) -> AppResult<Certificate> {
@@ -397,22 +397,7 @@ pub async fn insert_generated(
             ),
         ));
     }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO generated_keys (app_id, created_by, key_type, subject, domains, csr_pem, public_key_sha256, \
-         sealed_key, vault_recipient, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-    )
-    .bind(app.id)
-    .bind(user.id)
-    .bind(generated.kind.as_str())
-    .bind(&generated.subject)
-    .bind(serde_json::to_string(&generated.domains).expect("strings serialize"))
-    .bind(&generated.csr_pem)
-    .bind(&generated.public_key_id)
-    .bind(&sealed.armored)
-    .bind(&sealed.recipient)
-    .bind(db::now())
-    .fetch_one(&mut *tx)
-    .await?;
+    let id = insert_generated_row(&mut tx, app.id, user.id, generated, sealed, "csr").await?;
     audit::record(
         &mut *tx,
         Entry::new(Some(user), "key.generated", "generated_key", id)
@@ -427,6 +412,34 @@ pub async fn insert_generated(
     .await?;
     tx.commit().await?;
     find_generated(db, app, id).await
+}
+
+/// Stores a key born here (`purpose`: `csr` or `acme`), sealed already: its id.
+pub async fn insert_generated_row(
+    conn: &mut sqlx::AnyConnection,
+    app_id: i64,
+    created_by: i64,
+    generated: &super::csr::Generated,
+    sealed: &SealedKey,
+    purpose: &str,
+) -> AppResult<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO generated_keys (app_id, created_by, key_type, subject, domains, csr_pem, public_key_sha256, \
+         sealed_key, vault_recipient, created_at, purpose) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(app_id)
+    .bind(created_by)
+    .bind(generated.kind.as_str())
+    .bind(&generated.subject)
+    .bind(serde_json::to_string(&generated.domains).expect("strings serialize"))
+    .bind(&generated.csr_pem)
+    .bind(&generated.public_key_id)
+    .bind(&sealed.armored)
+    .bind(&sealed.recipient)
+    .bind(db::now())
+    .bind(purpose)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// One of `app`'s generated keys (the caller has checked the app is visible).
