@@ -136,7 +136,8 @@ pub async fn insert(
 }
 
 /// Inserts a certificate row, once per app and leaf: its id, and whether it is new (`false`:
-/// the app held that leaf already, and nothing was written).
+/// the app held that leaf already, and nothing was written). A removed one uploaded again comes
+/// back with its newly sealed key.
 pub async fn insert_row(
     conn: &mut sqlx::AnyConnection,
     app_id: i64,
@@ -159,7 +160,9 @@ pub async fn insert_row(
          not_before, not_after, fingerprint_sha256, key_type, trusted, chain_len, warnings, chain_pem, \
          sealed_key, vault_recipient, created_at, source) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-         ON CONFLICT (app_id, fingerprint_sha256) DO NOTHING RETURNING id",
+         ON CONFLICT (app_id, fingerprint_sha256) DO UPDATE SET sealed_key = excluded.sealed_key, \
+           vault_recipient = excluded.vault_recipient, removed_at = NULL WHERE certificates.removed_at IS NOT NULL \
+         RETURNING id",
     )
     .bind(app_id)
     .bind(uploaded_by)

@@ -588,6 +588,30 @@ async fn an_expiring_upload_falls_back_to_acme_over_tls_alpn01(backend: Backend)
         "{}",
         resp.body
     );
+    // Uploaded again, it comes back with its key sealed anew.
+    let resp = ann
+        .multipart(
+            "/api/v1/apps/shop/certs",
+            upload_form(
+                leaf.cert_pem.as_bytes(),
+                leaf.key_pem.as_bytes(),
+                b"",
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(
+        (
+            resp.status,
+            resp.json["id"].as_i64(),
+            resp.json["removed_at"].is_null()
+        ),
+        (StatusCode::CREATED, Some(uploaded), true),
+        "{}",
+        resp.body
+    );
+    let resp = ann.delete(&format!("/api/v1/certs/{uploaded}")).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
     // Staff never remove a customer's certificate.
     assert_eq!(
         staff
