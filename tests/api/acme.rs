@@ -235,6 +235,11 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
     // renewal is due 20 s after each issuance.
     let pebble = plan.start(app.dns.addr, nodes[0].http.port(), nodes[1].tls.port(), 30);
     let ann = shop(&app).await;
+    // Plain HTTP is redirected to https: the CA's HTTP-01 request is answered first.
+    let resp = ann
+        .patch_json("/api/v1/apps/shop", json!({"force_https": true}))
+        .await;
+    assert_eq!(resp.json["force_https"], true, "{}", resp.body);
     let staff = app.api_user("sam@example.com", Role::Staff).await;
 
     // What cannot be ordered is refused up front, saying why.
@@ -331,6 +336,16 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
     );
     assert!(progress.contains("Certificate issued by"), "{progress}");
     let cert_id = deployed["certificate_id"].as_i64().unwrap();
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://{}/", nodes[0].http))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::MOVED_PERMANENTLY, "the app forces https");
     let cert = ann.get(&format!("/api/v1/certs/{cert_id}")).await.json;
     assert_eq!(cert["source"], "acme");
     assert!(cert["renews_at"].is_string(), "{cert}");
