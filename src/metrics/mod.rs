@@ -169,20 +169,33 @@ async fn shared_state(db: &Db) -> AppResult<String> {
         "When each served certificate expires (unix seconds), by app and edge pair.",
         Some(Unit::Seconds),
     );
-    let served: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT a.name, p.name, c.id, c.not_after FROM edge_pairs p \
+    gauge(
+        "certdrop_certificate_renewal_timestamp_seconds",
+        "When certdrop renews each served ACME certificate (unix seconds), by app and edge pair.",
+        Some(Unit::Seconds),
+    );
+    let served: Vec<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT a.name, p.name, c.id, c.not_after, c.renews_at FROM edge_pairs p \
          JOIN apps a ON a.id = p.app_id JOIN certificates c ON c.id = p.certificate_id",
     )
     .fetch_all(db)
     .await?;
-    for (app, pair, id, not_after) in served {
+    for (app, pair, id, not_after, renews_at) in served {
+        let labels = vec![
+            Label::new("app", app),
+            Label::new("pair", pair),
+            Label::new("certificate_id", id.to_string()),
+        ];
+        if let Some(at) = renews_at {
+            set(
+                "certdrop_certificate_renewal_timestamp_seconds",
+                labels.clone(),
+                at as f64,
+            );
+        }
         set(
             "certdrop_certificate_expiration_timestamp_seconds",
-            vec![
-                Label::new("app", app),
-                Label::new("pair", pair),
-                Label::new("certificate_id", id.to_string()),
-            ],
+            labels,
             not_after as f64,
         );
     }

@@ -345,7 +345,11 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(plain.status(), StatusCode::MOVED_PERMANENTLY, "the app forces https");
+    assert_eq!(
+        plain.status(),
+        StatusCode::MOVED_PERMANENTLY,
+        "the app forces https"
+    );
     let cert = ann.get(&format!("/api/v1/certs/{cert_id}")).await.json;
     assert_eq!(cert["source"], "acme");
     assert!(cert["renews_at"].is_string(), "{cert}");
@@ -402,6 +406,15 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
             .await,
         1,
         "one account, reused"
+    );
+    // Prometheus sees when the served certificate renews, next to when it expires.
+    let metrics = keys.get("/metrics").await.body;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("certdrop_certificate_renewal_timestamp_seconds{")
+                && l.contains("app=\"shop\"")
+        ),
+        "{metrics}"
     );
     let (ok, out, _) = cli(&app, &ann, &["certs", "--app", "shop"]);
     assert!(
