@@ -28,6 +28,12 @@ pub fn orderable(domains: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// Whether an ACME certificate can take over every one of `verified` (an app's verified
+/// domains): there is one, and none is a wildcard it would leave unserved.
+pub fn replaceable(verified: &[String]) -> bool {
+    !verified.is_empty() && verified.iter().all(|d| !d.starts_with("*."))
+}
+
 /// Refuses, saying why and what to do, an ACME ticket that could not be carried out.
 pub async fn check_orderable(
     state: &AppState,

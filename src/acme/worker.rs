@@ -744,11 +744,10 @@ async fn scan(state: &AppState, acme: &AcmeConfig) -> anyhow::Result<()> {
             app,
         };
         let mut conn = state.db.acquire().await?;
-        let names = super::orderable(
-            crate::domains::store::verified_hostnames(&mut conn, due.app_id).await?,
-        );
+        let verified = crate::domains::store::verified_hostnames(&mut conn, due.app_id).await?;
         drop(conn);
-        if names.is_empty() {
+        // Nothing to prove, or a wildcard an ACME certificate would leave unserved: no swap.
+        if !super::replaceable(&verified) {
             continue;
         }
         let opened = async {
@@ -845,4 +844,59 @@ pub async fn open_automatic(
     }
     tracing::info!(app = %due.app, ticket = id, reason, "acme: automatic ticket opened");
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(kind: &str, detail: &str) -> Stop {
+        let problem: instant_acme::Problem = serde_json::from_value(json!({
+            "type": format!("urn:ietf:params:acme:error:{kind}"),
+            "detail": detail,
+            "status": 400,
+        }))
+        .unwrap();
+        Stop::from(instant_acme::Error::Api(problem))
+    }
+
+    #[test]
+    fn the_cas_refusals_end_the_ticket_in_its_words_and_its_hiccups_are_tried_again() {
+        match problem("unauthorized", "Incorrect TXT record") {
+            Stop::Refused(why) => assert_eq!(
+                why,
+                "the certificate authority said: Incorrect TXT record (unauthorized)"
+            ),
+            _ => panic!("a refusal"),
+        }
+        for kind in ["rateLimited", "serverInternal", "badNonce"] {
+            assert!(matches!(problem(kind, "later"), Stop::Later(_)), "{kind}");
+        }
+        assert!(matches!(
+            problem("accountDoesNotExist", "gone"),
+            Stop::AccountGone(_)
+        ));
+        assert!(matches!(
+            Stop::from(instant_acme::Error::Timeout(None)),
+            Stop::Later(_)
+        ));
+    }
+
+    #[test]
+    fn only_an_app_without_wildcards_can_be_taken_over_by_an_acme_certificate() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(crate::acme::replaceable(&names(&[
+            "a.example",
+            "b.example"
+        ])));
+        assert!(!crate::acme::replaceable(&names(&[
+            "a.example",
+            "*.example"
+        ])));
+        assert!(!crate::acme::replaceable(&[]));
+        assert_eq!(
+            crate::acme::orderable(names(&["*.x.example", "x.example"])),
+            names(&["x.example"])
+        );
+    }
 }

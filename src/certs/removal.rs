@@ -75,8 +75,7 @@ pub async fn remove(
         && served == cert.id
     {
         let verified = crate::domains::store::verified_hostnames(&mut tx, app.id).await?;
-        if state.config.acme.is_none() || !app.acme_fallback || acme::orderable(verified).is_empty()
-        {
+        if state.config.acme.is_none() || !app.acme_fallback || !acme::replaceable(&verified) {
             return Err(AppError::conflict(
                 "certificate_in_use",
                 format!(

@@ -457,6 +457,35 @@ async fn an_expiring_upload_falls_back_to_acme_over_tls_alpn01(backend: Backend)
         "on by default"
     );
 
+    // In the browser: the app page offers an automatic certificate, and the form's refusal
+    // (no verified domain yet) comes back on the page in plain words.
+    let cat = app
+        .signed_in_browser("cat@example.com", Role::Customer)
+        .await;
+    let resp = cat
+        .submit(
+            "/apps",
+            "/apps",
+            &[("name", "blog"), ("backend_url", "http://127.0.0.1:9")],
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+    let page = cat.get("/apps/blog").await.body;
+    assert!(
+        page.contains("Request provisioning with an automatic certificate"),
+        "{page}"
+    );
+    let resp = cat
+        .submit(
+            "/apps/blog",
+            "/tickets",
+            &[("app", "blog"), ("kind", "provision"), ("source", "acme")],
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+    let page = cat.get(resp.location()).await.body;
+    assert!(page.contains("is verified yet"), "{page}");
+
     // The customer's own certificate, three days from expiry.
     let ca = pki::root("Customer CA");
     let leaf = pki::leaf_with(
