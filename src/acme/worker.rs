@@ -193,7 +193,12 @@ async fn execute(state: &AppState, acme: &AcmeConfig, order: &Order) -> anyhow::
         Ok(()) => Ok(()),
         Err(Stop::Refused(why)) => refuse(state, order, &ticket, &why).await,
         Err(Stop::AccountGone(why)) => {
+            // The CA's order belonged to the old account: the next attempt orders anew.
             account::forget(state, acme).await?;
+            sqlx::query("UPDATE acme_orders SET order_url = NULL WHERE id = $1")
+                .bind(order.id)
+                .execute(&state.db)
+                .await?;
             postpone(state, order, &ticket, &why).await
         }
         Err(Stop::Later(why)) => postpone(state, order, &ticket, &why).await,
