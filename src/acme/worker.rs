@@ -529,20 +529,14 @@ async fn complete(
     renews_at: Option<i64>,
 ) -> Result<(), Stop> {
     let app = crate::apps::store::find_by_id(&state.db, order.app_id).await?;
-    let blocks: Vec<String> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|der| der_to_pem(&der))
-        .collect();
-    let (leaf, rest) = blocks
-        .split_first()
-        .ok_or_else(|| Stop::Refused("the certificate authority sent no certificate".into()))?;
     let public_key_id: String =
         sqlx::query_scalar("SELECT public_key_sha256 FROM generated_keys WHERE id = $1")
             .bind(key_id)
             .fetch_one(&state.db)
             .await?;
     let domains = crate::domains::store::claimed_hostnames(&state.db, &app).await?;
-    let form = certs::routes::UploadForm::issued(leaf.as_bytes(), rest.concat().as_bytes());
+    // The chain as the CA sent it, in the certificate field (a bundle, as uploads may be).
+    let form = certs::routes::UploadForm::issued(chain_pem.as_bytes());
     let (inspection, served_pem, sealed) =
         match certs::routes::check_and_seal(state, form, domains, vec![(key_id, public_key_id)])
             .await?
@@ -627,20 +621,6 @@ async fn complete(
         "acme: certificate issued"
     );
     Ok(())
-}
-
-fn der_to_pem(der: &CertificateDer<'_>) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
 }
 
 /// Ends the order and its ticket as failed, with the CA's reason.

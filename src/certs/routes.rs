@@ -52,13 +52,13 @@ pub struct UploadForm {
 }
 
 impl UploadForm {
-    /// A certificate a CA issued for a key born here (ACME): the leaf and the chain it came
-    /// with, no key; every check of an upload applies.
-    pub fn issued(certificate: &[u8], chain: &[u8]) -> Self {
+    /// A certificate a CA issued for a key born here (ACME): the chain as the CA sent it (leaf
+    /// first), no key; every check of an upload applies.
+    pub fn issued(chain_pem: &[u8]) -> Self {
         Self {
-            certificate: Zeroizing::new(certificate.to_vec()),
+            certificate: Zeroizing::new(chain_pem.to_vec()),
             private_key: Zeroizing::new(Vec::new()),
-            chain: Zeroizing::new(chain.to_vec()),
+            chain: Zeroizing::new(Vec::new()),
             bypass: false,
             csrf_token: None,
         }

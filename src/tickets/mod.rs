@@ -69,65 +69,16 @@ pub async fn open(
     let serving = store::deployed_certificate(&mut conn, app.id).await?;
     let holds_pair = edge::store::pair_of_app(&mut conn, app.id).await?.is_some();
     let certificate_id = match kind {
-        TicketKind::Provision | TicketKind::Update if source == Source::Acme => {
-            crate::acme::check_orderable(state, &mut conn, app, certificate_id).await?;
-            if kind == TicketKind::Provision && (holds_pair || serving.is_some()) {
-                return Err(AppError::conflict(
-                    "already_provisioned",
-                    "This app already has its edge pair; open an update ticket to switch it to an automatic certificate.",
-                ));
-            }
-            if kind == TicketKind::Update && serving.is_none() {
-                return Err(AppError::conflict(
-                    "not_provisioned",
-                    "This app serves no certificate yet; open a provision ticket first.",
-                ));
-            }
-            None
-        }
-        _ if source == Source::Acme => {
-            return Err(AppError::unprocessable(ErrorItem::new(
-                "invalid_request",
-                "Only provision and update tickets can ask for an automatic (ACME) certificate.",
-            ).on("source")));
-        }
         TicketKind::Provision | TicketKind::Update => {
-            let id = certificate_id.ok_or_else(|| {
-                AppError::unprocessable(ErrorItem::new(
-                    "certificate_required",
-                    "Name the uploaded certificate to deploy (certificate_id).",
-                ))
-            })?;
-            let cert = certs::store::find_visible(&state.db, user, id).await?;
-            if cert.app_id != app.id {
-                return Err(AppError::not_found("certificate"));
-            }
-            if cert.removed_at.is_some() {
-                return Err(AppError::conflict(
-                    "certificate_removed",
-                    "This certificate was removed (its key is gone); upload it again to deploy it.",
-                ));
-            }
-            if cert.not_after < crate::db::now() {
-                return Err(AppError::unprocessable(ErrorItem::new(
-                    "expired",
-                    "This certificate has expired since it was uploaded; upload a current one.",
-                )));
-            }
-            let verified = crate::domains::store::verified_hostnames(&mut conn, app.id).await?;
-            if !verified.iter().any(|d| {
-                cert.sans
-                    .iter()
-                    .any(|san| crate::domains::hostname::covers(san, d))
-            }) {
-                return Err(AppError::conflict(
-                    "domain_unverified",
-                    format!(
-                        "None of the domains this certificate covers is verified yet, so the edge servers would have nothing to serve. On the app page, create the TXT record shown for each domain and choose “Verify” (or `certdrop domains:verify HOST --app {}`), then open the ticket again.",
-                        app.name
-                    ),
-                ));
-            }
+            let id = match source {
+                Source::Acme => {
+                    crate::acme::check_orderable(state, &mut conn, app, certificate_id).await?;
+                    None
+                }
+                Source::Uploaded => {
+                    Some(deployable_upload(state, user, &mut conn, app, certificate_id).await?)
+                }
+            };
             if kind == TicketKind::Provision && (holds_pair || serving.is_some()) {
                 return Err(AppError::conflict(
                     "already_provisioned",
@@ -142,7 +93,7 @@ pub async fn open(
                             "This app serves no certificate yet; open a provision ticket first.",
                         ));
                     }
-                    Some(current) if current == id => {
+                    Some(current) if Some(current) == id => {
                         return Err(AppError::conflict(
                             "already_deployed",
                             "This certificate is the one the app already serves.",
@@ -151,7 +102,16 @@ pub async fn open(
                     Some(_) => {}
                 }
             }
-            Some(id)
+            id
+        }
+        _ if source == Source::Acme => {
+            return Err(AppError::unprocessable(
+                ErrorItem::new(
+                    "invalid_request",
+                    "Only provision and update tickets can ask for an automatic (ACME) certificate.",
+                )
+                .on("source"),
+            ));
         }
         TicketKind::Rollback => {
             let current = serving.ok_or_else(|| {
@@ -216,6 +176,54 @@ pub async fn open(
     tx.commit().await?;
     state.mail_wake.notify_one();
     store::get(&state.db, id).await
+}
+
+/// The uploaded certificate `certificate_id` of `app`, if it can be deployed now: present,
+/// not removed, not expired, and covering at least one verified domain.
+async fn deployable_upload(
+    state: &AppState,
+    user: &User,
+    conn: &mut sqlx::AnyConnection,
+    app: &App,
+    certificate_id: Option<i64>,
+) -> AppResult<i64> {
+    let id = certificate_id.ok_or_else(|| {
+        AppError::unprocessable(ErrorItem::new(
+            "certificate_required",
+            "Name the uploaded certificate to deploy (certificate_id).",
+        ))
+    })?;
+    let cert = certs::store::find_visible(&state.db, user, id).await?;
+    if cert.app_id != app.id {
+        return Err(AppError::not_found("certificate"));
+    }
+    if cert.removed_at.is_some() {
+        return Err(AppError::conflict(
+            "certificate_removed",
+            "This certificate was removed (its key is gone); upload it again to deploy it.",
+        ));
+    }
+    if cert.not_after < crate::db::now() {
+        return Err(AppError::unprocessable(ErrorItem::new(
+            "expired",
+            "This certificate has expired since it was uploaded; upload a current one.",
+        )));
+    }
+    let verified = crate::domains::store::verified_hostnames(conn, app.id).await?;
+    if !verified.iter().any(|d| {
+        cert.sans
+            .iter()
+            .any(|san| crate::domains::hostname::covers(san, d))
+    }) {
+        return Err(AppError::conflict(
+            "domain_unverified",
+            format!(
+                "None of the domains this certificate covers is verified yet, so the edge servers would have nothing to serve. On the app page, create the TXT record shown for each domain and choose “Verify” (or `certdrop domains:verify HOST --app {}`), then open the ticket again.",
+                app.name
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 /// How a deployment starts: staff approve an open ticket, or retry a failed one.

@@ -153,7 +153,10 @@ async fn no_plaintext_keys(app: &TestApp, nodes: &[EdgeNode; 2], uploaded: &[&pk
     )
     .unwrap();
     needles.push(credentials["key_pkcs8"].as_str().unwrap().as_bytes()[..40].to_vec());
-    needles.extend(keyscan::fragments(&pem("PRIVATE KEY", &pkcs8), &[]));
+    needles.extend(keyscan::fragments(
+        &certdrop::certs::pem::encode("PRIVATE KEY", &pkcs8),
+        &[],
+    ));
     let certs: Vec<(String, String)> =
         sqlx::query_as("SELECT sealed_key, chain_pem FROM certificates WHERE source = 'acme' AND removed_at IS NULL")
             .fetch_all(&app.db)
@@ -212,19 +215,6 @@ fn cli(app: &TestApp, api: &Api, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
 async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
     let Some((app, plan)) = spawn(backend, AcmeChallenge::Http01).await else {
         return;
@@ -243,37 +233,20 @@ async fn issued_over_http01_refused_retried_and_renewed(backend: Backend) {
     let staff = app.api_user("sam@example.com", Role::Staff).await;
 
     // What cannot be ordered is refused up front, saying why.
-    let resp = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "provision", "source": "acme", "certificate_id": 1}),
-        )
-        .await;
-    assert_eq!(resp.codes("errors"), ["invalid_request"], "{}", resp.body);
-    let resp = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "rollback", "source": "acme"}),
-        )
-        .await;
-    assert_eq!(
-        resp.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        resp.body
-    );
-    let resp = ann
-        .post(
-            "/api/v1/tickets",
-            json!({"app": "shop", "kind": "provision", "source": "letsencrypt"}),
-        )
-        .await;
-    assert_eq!(
-        resp.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        resp.body
-    );
+    for refused in [
+        json!({"app": "shop", "kind": "provision", "source": "acme", "certificate_id": 1}),
+        json!({"app": "shop", "kind": "rollback", "source": "acme"}),
+        json!({"app": "shop", "kind": "provision", "source": "letsencrypt"}),
+    ] {
+        let resp = ann.post("/api/v1/tickets", refused).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            resp.body
+        );
+        assert_eq!(resp.codes("errors"), ["invalid_request"], "{}", resp.body);
+    }
 
     // The customer asks from the command line.
     let (ok, out, err) = cli(&app, &ann, &["certs:auto", "--app", "shop"]);
