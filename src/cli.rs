@@ -311,13 +311,23 @@ pub enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
-    /// Sign an edge node's recipient with the fleet key; the node enrolls with --attestation.
+    /// Sign an edge node's recipient with the fleet key, for one slot of one pair and for a
+    /// while; the node enrolls with --attestation (and the token of that slot).
     #[command(name = "fleet:attest")]
     FleetAttest {
         /// The node's age recipient (age1…), as `certdrop edge:identity` prints it.
         recipient: String,
         #[arg(long)]
         key: std::path::PathBuf,
+        /// The pair the node joins, as the Edge pairs page names it.
+        #[arg(long)]
+        pair: String,
+        /// Its slot in the pair: 1 or 2.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=2))]
+        slot: i64,
+        /// Hours until the attestation expires (at most a week).
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(i64).range(1..=168))]
+        valid_hours: i64,
     },
     /// Run one edge node: a TLS terminator for its pair's app (server side).
     Edge {
@@ -487,12 +497,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::FleetKeygen { out } => fleet_keygen(&out),
-        Command::FleetAttest { recipient, key } => {
+        Command::FleetAttest {
+            recipient,
+            key,
+            pair,
+            slot,
+            valid_hours,
+        } => {
             let pem = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&key)
                     .with_context(|| format!("--key: cannot read {}", key.display()))?,
             );
-            println!("{}", crate::edge::fleet::attest(&pem, &recipient)?);
+            let claim = crate::edge::fleet::Claim {
+                recipient,
+                pair,
+                slot,
+                expires_at: crate::db::now() + valid_hours * 3600,
+            };
+            println!("{}", crate::edge::fleet::attest(&pem, &claim)?);
             Ok(())
         }
         Command::BillingExport { month, format } => {
@@ -596,15 +618,29 @@ async fn users_role(email: &str, role: &str) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!(e.message()))?;
     println!(
-        "{email} is now {} (was {}).{}",
+        "{email} is now {} (was {}).",
         role.as_str(),
-        before.as_str(),
-        if role.is_staff() {
-            " They set up their authenticator at their next sign-in in the browser."
-        } else {
-            ""
-        }
+        before.as_str()
     );
+    // Staff and admins enrol their first authenticator only through a one-time link: the
+    // operator at the shell hands it over (it is shown here only).
+    if role.is_staff() {
+        let base = match &config.base_url {
+            Some(url) => url.clone(),
+            None => url::Url::parse(&format!("http://{}/", config.listen))?,
+        };
+        let mut conn = db.acquire().await?;
+        match accounts::second_factor::issue_enrolment_link(&mut conn, &base, user.id)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message()))?
+        {
+            Some(link) => println!(
+                "They set up their authenticator through this one-time link (24 hours; give it to them, not to anyone else):\n  {}",
+                link.as_str()
+            ),
+            None => println!("They sign in with the authenticator they have."),
+        }
+    }
     Ok(())
 }
 

@@ -38,6 +38,9 @@ pub struct Config {
     pub fleet_public_key: Option<crate::edge::fleet::FleetPublicKey>,
     /// Backends may be on loopback or link-local addresses (one-host setups, loopback tests).
     pub allow_private_backends: bool,
+    /// `CERTDROP_TRUSTED_PROXIES`: load balancers whose `X-Forwarded-For`/`Forwarded` name the
+    /// client (rate limits, the audit trail); everyone else's forwarding headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `CERTDROP_APPS_DOMAIN`: each app answers at `<app>.<this>`, the CNAME target of its
     /// custom domains.
     pub apps_domain: Option<String>,
@@ -235,6 +238,10 @@ impl Config {
         let currency = read_var("CERTDROP_CURRENCY")?.unwrap_or_else(|| "USD".into());
         let separation_of_duties = read_bool("CERTDROP_SEPARATION_OF_DUTIES", true)?;
         let allow_private_backends = read_bool("CERTDROP_ALLOW_PRIVATE_BACKENDS", false)?;
+        let trusted_proxies = read_var("CERTDROP_TRUSTED_PROXIES")?
+            .map(|raw| crate::accounts::forwarded::parse_trusted(&raw))
+            .transpose()?
+            .unwrap_or_default();
         let apps_domain = read_var("CERTDROP_APPS_DOMAIN")?
             .map(|raw| parse_apps_domain(&raw))
             .transpose()?;
@@ -270,6 +277,7 @@ impl Config {
         config.separation_of_duties = separation_of_duties;
         config.fleet_public_key = fleet_public_key;
         config.allow_private_backends = allow_private_backends;
+        config.trusted_proxies = trusted_proxies;
         config.apps_domain = apps_domain;
         config.dns_resolver = dns_resolver;
         config.metrics_listen = metrics_listen;
@@ -367,6 +375,7 @@ impl Config {
             separation_of_duties: true,
             fleet_public_key: None,
             allow_private_backends: false,
+            trusted_proxies: Vec::new(),
             apps_domain: None,
             dns_resolver: None,
             apply_timeout: std::time::Duration::from_secs(60),

@@ -242,11 +242,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::form_replay,
         ))
-        .layer(sessions)
+        // Inside the sessions layer: it sees whether a request signed someone in.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             accounts::csrf::anonymous_cookie,
         ))
+        .layer(sessions)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             web::origin_check,

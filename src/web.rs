@@ -41,6 +41,12 @@ pub struct Chrome {
 
 const FLASH_KEY: &str = "flash";
 
+/// The body limit of the routes anyone may call before signing in (sign-in, sign-up, tokens,
+/// node enrollment): their forms and JSON are a few hundred bytes, so a megabyte is an attack.
+pub fn small_body() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(16 * 1024)
+}
+
 impl Chrome {
     /// Forms carry the session's CSRF token when signed in, else the visitor's cookie token
     /// (`anonymous`), so a page for a visitor who is not signed in stores no session.
@@ -49,10 +55,7 @@ impl Chrome {
         user: Option<&User>,
         anonymous: Option<&crate::accounts::csrf::AnonymousToken>,
     ) -> AppResult<Self> {
-        let csrf = match (user, anonymous) {
-            (None, Some(token)) => token.0.clone(),
-            _ => crate::accounts::csrf::token(session).await?,
-        };
+        let csrf = crate::accounts::csrf::expected(session, anonymous).await?;
         // Remove only when present: a removal marks the session for saving, a write per page.
         let flash = session.get::<Flash>(FLASH_KEY).await?;
         if flash.is_some() {

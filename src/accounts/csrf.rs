@@ -45,7 +45,21 @@ pub fn refused() -> AppError {
     )
 }
 
-/// Checks a submitted token against the session's, or against the visitor's cookie token.
+/// The one token a form must carry: a signed-in session's own (even one that is not yet
+/// counted as staff), else the visitor's cookie token. A token seen before sign-in is worth
+/// nothing after it; pages and the check ask this same question.
+pub async fn expected(session: &Session, anonymous: Option<&AnonymousToken>) -> AppResult<String> {
+    let signed_in = session
+        .get::<i64>(super::extract::USER_KEY)
+        .await?
+        .is_some();
+    match anonymous {
+        Some(a) if !signed_in => Ok(a.0.clone()),
+        _ => token(session).await,
+    }
+}
+
+/// Checks a submitted token against the one `expected` says, in constant time.
 pub async fn verify(
     session: &Session,
     anonymous: Option<&AnonymousToken>,
@@ -54,9 +68,8 @@ pub async fn verify(
     let Some(submitted) = submitted else {
         return Err(refused());
     };
-    let matches = |expected: &str| bool::from(expected.as_bytes().ct_eq(submitted.as_bytes()));
-    let in_session = session.get::<String>(KEY).await?;
-    if in_session.as_deref().is_some_and(matches) || anonymous.is_some_and(|a| matches(&a.0)) {
+    let expected = expected(session, anonymous).await?;
+    if bool::from(expected.as_bytes().ct_eq(submitted.as_bytes())) {
         Ok(())
     } else {
         Err(refused())
@@ -69,8 +82,17 @@ pub struct AnonymousToken(pub String);
 
 const COOKIE: &str = "certdrop_csrf";
 
+async fn signed_in(session: Option<&Session>) -> bool {
+    match session {
+        Some(s) => matches!(s.get::<i64>(super::extract::USER_KEY).await, Ok(Some(_))),
+        None => false,
+    }
+}
+
 /// Gives each browser a CSRF token in a cookie of its own (HttpOnly, SameSite=Strict, Secure
-/// behind https) and puts it in the request's extensions; API requests are left alone.
+/// behind https) and puts it in the request's extensions; API requests are left alone. A
+/// request that signs someone in (always a POST) clears the cookie: from then on only the
+/// session's own token counts.
 pub async fn anonymous_cookie(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     mut request: Request,
@@ -95,16 +117,24 @@ pub async fn anonymous_cookie(
     request
         .extensions_mut()
         .insert(AnonymousToken(token.clone()));
+    let session = (request.method() == axum::http::Method::POST)
+        .then(|| request.extensions().get::<Session>().cloned())
+        .flatten();
+    let before = signed_in(session.as_ref()).await;
     let mut response = next.run(request).await;
-    if fresh {
+    let cleared = !before && signed_in(session.as_ref()).await;
+    if fresh || cleared {
         let secure = if state.base_url.scheme() == "https" {
             "; Secure"
         } else {
             ""
         };
-        if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
-            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
-        )) {
+        let value = if cleared {
+            format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
+        } else {
+            format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}")
+        };
+        if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
             response
                 .headers_mut()
                 .append(axum::http::header::SET_COOKIE, value);

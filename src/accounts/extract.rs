@@ -136,9 +136,22 @@ where
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(AppError::unauthorized)?;
         let hash = tokens::hash(presented.trim());
-        let owner = store::user_for_token(&state.db, &hash)
-            .await?
-            .ok_or_else(AppError::unauthorized)?;
+        let owner = match store::user_for_token(&state.db, &hash).await? {
+            store::TokenLookup::Live(owner) => owner,
+            store::TokenLookup::Expired(at) => {
+                return Err(AppError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    crate::error::ErrorItem::new(
+                        "token_expired",
+                        format!(
+                            "This token expired on {}: create a new one (`certdrop login`, or API tokens in the browser).",
+                            crate::web::format_time(at)
+                        ),
+                    ),
+                ));
+            }
+            store::TokenLookup::Unknown => return Err(AppError::unauthorized()),
+        };
         if owner.user.role.is_staff() && owner.second_factor_at.is_none() {
             return Err(second_factor::otp_required(
                 "This token was created without a second factor, which staff and admin accounts need: create a new one with your authenticator code (`certdrop login` asks for it).",
@@ -149,20 +162,27 @@ where
     }
 }
 
-/// The client's address as the server saw it.
+/// The client's address: the socket's peer, or behind a trusted proxy the address it forwarded for.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl<S> FromRequestParts<S> for ClientIp
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(Self(None));
+        };
+        let proxies = &AppState::from_ref(state).config.trusted_proxies;
+        Ok(Self(Some(super::forwarded::client_ip(
+            peer.ip(),
+            &parts.headers,
+            proxies,
+        ))))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod csrf;
 pub mod extract;
+pub mod forwarded;
 pub mod password;
 pub mod ratelimit;
 pub mod roles;
@@ -95,10 +96,56 @@ pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
     if email.is_empty() {
         return Err("Enter your email address.");
     }
-    if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
+    if email.len() > MAX_EMAIL_BYTES || email.parse::<lettre::Address>().is_err() {
         return Err("That is not an email address; use the form name@example.com.");
     }
     Ok(email)
+}
+
+/// The longest email address (RFC 5321's path limit) and password certdrop reads.
+pub const MAX_EMAIL_BYTES: usize = 254;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Refuses credentials longer than any real one, before they reach the rate limiter, argon2,
+/// zxcvbn or the audit trail: whoever is not signed in cannot make the server hold or store
+/// more than this.
+pub fn bounded_credentials(email: &str, password: &str) -> crate::error::AppResult<()> {
+    let mut errors = Vec::new();
+    if email.len() > MAX_EMAIL_BYTES {
+        errors.push(
+            crate::error::ErrorItem::new(
+                "too_long",
+                format!("An email address has at most {MAX_EMAIL_BYTES} characters."),
+            )
+            .on("email"),
+        );
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        errors.push(
+            crate::error::ErrorItem::new(
+                "too_long",
+                format!("A password has at most {MAX_PASSWORD_BYTES} bytes."),
+            )
+            .on("password"),
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::AppError::many(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            errors,
+        ))
+    }
+}
+
+/// A typed email address to fill a refused form with again: none when it was too long to be one.
+pub fn shown_email(raw: String) -> String {
+    if raw.len() > MAX_EMAIL_BYTES {
+        String::new()
+    } else {
+        raw
+    }
 }
 
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -113,8 +160,10 @@ pub fn check_new_password(password: &str, email: &str) -> Result<(), String> {
             "Choose a password of at least {MIN_PASSWORD_LEN} characters (a few words make a good one)."
         ));
     }
-    if password.len() > 1024 {
-        return Err("Choose a password of at most 1024 bytes.".into());
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "Choose a password of at most {MAX_PASSWORD_BYTES} bytes."
+        ));
     }
     // zxcvbn's matching grows quickly with length; 100 characters decide it (as its authors advise).
     let head: String = password.chars().take(100).collect();

@@ -1,7 +1,7 @@
 //! Rate limits on password and second-factor checks (browser sign-in and API tokens), kept in
 //! memory per instance. Two guards, neither of which lets a stranger lock an account:
 //! - per client IP, a budget of attempts (30 in a burst, then one every 2 s), against one
-//!   client trying many accounts;
+//!   client trying many accounts (an IPv6 client is its /64: one subscriber's whole network);
 //! - per (account, client IP) pair, an exponential backoff after failures: after 5 wrong
 //!   answers, 1 s, then 2, 4, … up to 15 minutes between tries; a success clears it. Someone
 //!   guessing from elsewhere slows only themselves, never the account's owner.
@@ -23,6 +23,9 @@ use crate::error::{AppError, AppResult};
 
 /// Failures allowed before the backoff starts.
 const FREE_FAILURES: u32 = 5;
+/// The most (account, client) pairs remembered: a flood of made-up accounts cannot grow the
+/// map past this (about 300 bytes each).
+const MAX_PAIRS: usize = 50_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 struct Failures {
@@ -38,6 +41,18 @@ pub struct LoginLimiter {
 impl Default for LoginLimiter {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The key a client is limited by: its IPv4 address, or the /64 its IPv6 address is in (a
+/// single host is handed a whole /64 and may pick any address in it).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -60,6 +75,7 @@ impl LoginLimiter {
     /// Takes one attempt from the client's budget, unless the pair is backing off: then says
     /// how long to wait.
     pub fn check(&self, ip: IpAddr, account: &str) -> AppResult<()> {
+        let ip = client_key(ip);
         let now = Instant::now();
         if let Some(f) = self
             .failures
@@ -78,7 +94,17 @@ impl LoginLimiter {
 
     /// A wrong password or code from this client for this account.
     pub fn failed(&self, ip: IpAddr, account: &str) {
+        let ip = client_key(ip);
         let mut failures = self.failures.lock().expect("limiter lock");
+        if failures.len() >= MAX_PAIRS {
+            // Full: forget the pairs not backing off now; if that is not enough, this one
+            // goes unremembered (the per-client budget still holds it back).
+            let now = Instant::now();
+            failures.retain(|_, f| f.not_before > now);
+            if failures.len() >= MAX_PAIRS {
+                return;
+            }
+        }
         let entry = failures
             .entry((account.to_string(), ip))
             .or_insert(Failures {
@@ -95,6 +121,7 @@ impl LoginLimiter {
 
     /// A right answer: the pair starts afresh.
     pub fn succeeded(&self, ip: IpAddr, account: &str) {
+        let ip = client_key(ip);
         self.failures
             .lock()
             .expect("limiter lock")
@@ -142,5 +169,24 @@ mod tests {
         limiter.check(attacker, "bob@example.com").unwrap();
         limiter.succeeded(attacker, "ann@example.com");
         limiter.check(attacker, "ann@example.com").unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let limiter = LoginLimiter::new();
+        // Five wrong answers from five addresses of one /64 are five from one client.
+        for host in 1..=5 {
+            let ip: IpAddr = format!("2001:db8:1:2::{host:x}").parse().unwrap();
+            limiter.check(ip, "ann@example.com").unwrap();
+            limiter.failed(ip, "ann@example.com");
+        }
+        let sibling: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(limiter.check(sibling, "ann@example.com").is_err());
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        limiter.check(elsewhere, "ann@example.com").unwrap();
+        assert_eq!(
+            client_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

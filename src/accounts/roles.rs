@@ -35,14 +35,21 @@ pub struct RoleRequest {
     pub requested_at: i64,
 }
 
-/// Raises waiting for approval (all of them, or `user_id`'s), by user id, in one query.
+/// How long a raise waits for its second admin.
+pub const REQUEST_SECONDS: i64 = 24 * 3600;
+
+/// Raises waiting for approval (all of them, or `user_id`'s), by user id, in one query. A
+/// request counts only while its requester is still an admin and for `REQUEST_SECONDS`: a
+/// demoted admin's request, or an old one, is nobody's second vote.
 async fn requests_where(db: &Db, user_id: Option<i64>) -> AppResult<Vec<(i64, RoleRequest)>> {
     let rows = sqlx::query(
         "SELECT u.id, u.requested_role, u.role_requested_by, u.role_requested_at, r.email AS requested_by_email \
          FROM users u JOIN users r ON r.id = u.role_requested_by \
-         WHERE u.requested_role IS NOT NULL AND ($1 IS NULL OR u.id = $1) ORDER BY u.id",
+         WHERE u.requested_role IS NOT NULL AND r.role = 'admin' AND u.role_requested_at > $2 \
+         AND ($1 IS NULL OR u.id = $1) ORDER BY u.id",
     )
     .bind(user_id)
+    .bind(db::now() - REQUEST_SECONDS)
     .fetch_all(db)
     .await?;
     rows.iter()
@@ -71,12 +78,13 @@ pub async fn pending_requests(db: &Db) -> AppResult<Vec<(i64, RoleRequest)>> {
 /// Changes `target`'s role as `admin` asks: at once when it lowers (or keeps) the role; for a
 /// raise, records a request, or applies one another admin made for the same role.
 pub async fn change(
-    db: &Db,
+    state: &crate::state::AppState,
     admin: &User,
     ip: Option<std::net::IpAddr>,
     target_id: i64,
     role: Role,
 ) -> AppResult<RoleChange> {
+    let db = &state.db;
     admin.require_admin()?;
     if target_id == admin.id {
         return Err(AppError::conflict(
@@ -105,15 +113,20 @@ pub async fn change(
                 ));
             }
             Some(p) if p.requested == role => {
+                // Guarded on the requester still being an admin and the request still fresh,
+                // as they are read above: a demotion in between voids it.
+                let mut tx = db.begin().await?;
                 let applied = sqlx::query(
                     "UPDATE users SET role = $1, requested_role = NULL, role_requested_by = NULL, role_requested_at = NULL \
-                     WHERE id = $2 AND requested_role = $1 AND role_requested_by = $3 AND role = $4",
+                     WHERE id = $2 AND requested_role = $1 AND role_requested_by = $3 AND role = $4 AND role_requested_at > $5 \
+                     AND EXISTS (SELECT 1 FROM users r WHERE r.id = $3 AND r.role = 'admin')",
                 )
                 .bind(role.as_str())
                 .bind(target_id)
                 .bind(p.requested_by)
                 .bind(target.role.as_str())
-                .execute(db)
+                .bind(now - REQUEST_SECONDS)
+                .execute(&mut *tx)
                 .await?;
                 if applied.rows_affected() != 1 {
                     return Err(AppError::conflict(
@@ -122,7 +135,7 @@ pub async fn change(
                     ));
                 }
                 audit::record(
-                    db,
+                    &mut *tx,
                     Entry::new(Some(admin), "user.role_changed", "user", target_id)
                         .detail(json!({
                             "from": target.role.as_str(),
@@ -132,6 +145,17 @@ pub async fn change(
                         .ip(ip),
                 )
                 .await?;
+                // Their first authenticator is enrolled through a link to their own address,
+                // not by whoever knows their password.
+                if let Some(link) =
+                    super::second_factor::issue_enrolment_link(&mut tx, &state.base_url, target_id)
+                        .await?
+                {
+                    super::second_factor::mail_enrolment_link(&mut tx, &target, role, &link)
+                        .await?;
+                }
+                tx.commit().await?;
+                state.mail_wake.notify_one();
                 return Ok(RoleChange::Applied {
                     from: target.role,
                     to: role,
@@ -158,20 +182,31 @@ pub async fn change(
             }
         }
     }
+    let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE users SET role = $1, requested_role = NULL, role_requested_by = NULL, role_requested_at = NULL WHERE id = $2",
     )
     .bind(role.as_str())
     .bind(target_id)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    if !role.is_admin() {
+        // A former admin's requests are nobody's vote any more.
+        sqlx::query(
+            "UPDATE users SET requested_role = NULL, role_requested_by = NULL, role_requested_at = NULL WHERE role_requested_by = $1",
+        )
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     audit::record(
-        db,
+        &mut *tx,
         Entry::new(Some(admin), "user.role_changed", "user", target_id)
             .detail(json!({"from": target.role.as_str(), "to": role.as_str()}))
             .ip(ip),
     )
     .await?;
+    tx.commit().await?;
     Ok(RoleChange::Applied {
         from: target.role,
         to: role,

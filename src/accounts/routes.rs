@@ -31,8 +31,14 @@ use crate::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/signup", get(signup_page).post(signup))
-        .route("/login", get(login_page).post(login))
+        .route(
+            "/signup",
+            get(signup_page).post(signup).layer(web::small_body()),
+        )
+        .route(
+            "/login",
+            get(login_page).post(login).layer(web::small_body()),
+        )
         .route("/logout", post(logout))
         .route("/account/tokens", get(tokens_page).post(create_token_page))
         .route("/account/tokens/{id}/revoke", post(revoke_token_page))
@@ -40,7 +46,9 @@ pub fn router() -> Router<AppState> {
         .route("/admin/users/{id}/role", post(change_role))
         .route(
             "/api/v1/tokens",
-            post(create_token_api).get(list_tokens_api),
+            post(create_token_api)
+                .layer(web::small_body())
+                .get(list_tokens_api),
         )
         .route("/api/v1/tokens/{id}", delete(revoke_token_api))
 }
@@ -63,6 +71,7 @@ async fn authenticate(
     email: &str,
     password: SecretString,
 ) -> AppResult<User> {
+    super::bounded_credentials(email, password.expose_secret())?;
     let ip_addr = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let email = email.trim().to_lowercase();
     state.login_limiter.check(ip_addr, &email)?;
@@ -208,7 +217,7 @@ async fn login(
                 status,
                 &LoginPage {
                     chrome: viewer.chrome().await?,
-                    email: form.email,
+                    email: super::shown_email(form.email),
                     next: web::safe_next(form.next.as_deref()).to_string(),
                     errors: err.into(),
                 },
@@ -256,31 +265,37 @@ async fn signup(
     ip: ClientIp,
     CsrfForm(form): CsrfForm<SignupForm>,
 ) -> PageResult {
-    let mut errors = Vec::new();
-    let email = normalize_email(&form.email)
-        .map_err(|m| errors.push(ErrorItem::new("invalid_email", m).on("email")))
-        .ok();
-    if let Err(m) = super::check_new_password(form.password.expose_secret(), &form.email) {
-        errors.push(ErrorItem::new("weak_password", m).on("password"));
-    } else if form.password.expose_secret() != form.password_confirm.expose_secret() {
-        errors.push(
-            ErrorItem::new(
-                "password_mismatch",
-                "The two passwords differ; type the same one twice.",
-            )
-            .on("password_confirm"),
-        );
-    }
-    let result = match (email, errors.is_empty()) {
-        (Some(email), true) => {
-            let ip_addr = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-            match state.login_limiter.check(ip_addr, &email) {
-                Ok(()) => create_customer(&state, &email, form.password, ip).await,
-                Err(e) => Err(e),
+    // Nothing unbounded reaches zxcvbn, argon2 or the page.
+    let result =
+        if let Err(err) = super::bounded_credentials(&form.email, form.password.expose_secret()) {
+            Err(err)
+        } else {
+            let mut errors = Vec::new();
+            let email = normalize_email(&form.email)
+                .map_err(|m| errors.push(ErrorItem::new("invalid_email", m).on("email")))
+                .ok();
+            if let Err(m) = super::check_new_password(form.password.expose_secret(), &form.email) {
+                errors.push(ErrorItem::new("weak_password", m).on("password"));
+            } else if form.password.expose_secret() != form.password_confirm.expose_secret() {
+                errors.push(
+                    ErrorItem::new(
+                        "password_mismatch",
+                        "The two passwords differ; type the same one twice.",
+                    )
+                    .on("password_confirm"),
+                );
             }
-        }
-        _ => Err(AppError::many(StatusCode::UNPROCESSABLE_ENTITY, errors)),
-    };
+            match (email, errors.is_empty()) {
+                (Some(email), true) => {
+                    let ip_addr = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                    match state.login_limiter.check(ip_addr, &email) {
+                        Ok(()) => create_customer(&state, &email, form.password, ip).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Err(AppError::many(StatusCode::UNPROCESSABLE_ENTITY, errors)),
+            }
+        };
     match result {
         Ok(user) => {
             start_session(&viewer.session, &user, None).await?;
@@ -303,7 +318,7 @@ async fn signup(
                 status,
                 &SignupPage {
                     chrome: viewer.chrome().await?,
-                    email: form.email,
+                    email: super::shown_email(form.email),
                     errors: err.into(),
                 },
             )?)
@@ -337,6 +352,8 @@ struct TokensPage {
     tokens: Vec<store::ApiToken>,
     new_token: Option<String>,
     errors: FormErrors,
+    /// Staff and admins give a code to create a token.
+    asks_code: bool,
 }
 
 async fn tokens_page(State(state): State<AppState>, me: SignedIn) -> PageResult {
@@ -345,12 +362,15 @@ async fn tokens_page(State(state): State<AppState>, me: SignedIn) -> PageResult 
         tokens: store::list_tokens(&state.db, me.user.id).await?,
         new_token: None,
         errors: FormErrors::default(),
+        asks_code: me.user.role.is_staff(),
     })?)
 }
 
 #[derive(Deserialize)]
 struct TokenForm {
     name: String,
+    expires_in_days: Option<i64>,
+    otp: Option<String>,
 }
 
 fn token_name(raw: &str) -> AppResult<String> {
@@ -367,21 +387,50 @@ fn token_name(raw: &str) -> AppResult<String> {
     Ok(name.to_string())
 }
 
-/// Issues a token; `second_factor_at` is when the caller last proved a second factor, which
-/// staff and admin tokens need.
+/// How long a token lives unless asked otherwise, and at most.
+pub const DEFAULT_TOKEN_DAYS: i64 = 90;
+pub const MAX_TOKEN_DAYS: i64 = 365;
+
+/// A token's lifetime in days, as asked (1 to 365; 90 when not said).
+fn token_days(asked: Option<i64>) -> AppResult<i64> {
+    match asked {
+        None => Ok(DEFAULT_TOKEN_DAYS),
+        Some(days) if (1..=MAX_TOKEN_DAYS).contains(&days) => Ok(days),
+        Some(_) => Err(AppError::unprocessable(
+            ErrorItem::new(
+                "invalid_expiry",
+                format!("A token lives from 1 to {MAX_TOKEN_DAYS} days; ask for fewer."),
+            )
+            .on("expires_in_days"),
+        )),
+    }
+}
+
+/// Issues a token for `days`; `second_factor_at` is when the caller last proved a second
+/// factor, which staff and admin tokens need.
 async fn issue_token(
     state: &AppState,
     user: &User,
     name: &str,
     ip: ClientIp,
     second_factor_at: Option<i64>,
+    days: i64,
 ) -> AppResult<(tokens::NewToken, store::ApiToken)> {
     let token = tokens::generate();
-    let row = store::insert_token(&state.db, user.id, name, &token, second_factor_at).await?;
+    let expires_at = crate::db::now() + days * 86400;
+    let row = store::insert_token(
+        &state.db,
+        user.id,
+        name,
+        &token,
+        second_factor_at,
+        expires_at,
+    )
+    .await?;
     audit::record(
         &state.db,
         Entry::new(Some(user), "token.created", "api_token", row.id)
-            .detail(json!({"name": name, "hint": row.hint}))
+            .detail(json!({"name": name, "hint": row.hint, "expires_at": expires_at}))
             .ip(ip.0),
     )
     .await?;
@@ -395,17 +444,41 @@ async fn create_token_page(
     ip: ClientIp,
     CsrfForm(form): CsrfForm<TokenForm>,
 ) -> PageResult {
-    let (new_token, errors, status) = match token_name(&form.name) {
-        Ok(name) => {
-            let factor_at = me.session.get::<i64>(SESSION_FACTOR_AT).await?;
-            let (token, _) = issue_token(&state, &me.user, &name, ip, factor_at).await?;
-            (
-                Some(token.secret.expose_secret().to_string()),
-                FormErrors::default(),
-                StatusCode::CREATED,
+    let issued = async {
+        let name = token_name(&form.name)?;
+        let days = token_days(form.expires_in_days)?;
+        // A staff or admin token acts with their powers for months: it takes a code now, as
+        // over the API, not just a signed-in browser.
+        let factor_at = if me.user.role.is_staff() {
+            second_factor::verify_given(
+                &state,
+                &me.user,
+                ip,
+                form.otp.as_deref(),
+                "A staff or admin token takes the current code from your authenticator app: enter it with the token's name.",
             )
+            .await?;
+            let now = crate::db::now();
+            let credential = second_factor::Credential::Session(me.session.clone());
+            second_factor::mark_fresh(&state, &credential, now).await?;
+            Some(now)
+        } else {
+            me.session.get::<i64>(SESSION_FACTOR_AT).await?
+        };
+        issue_token(&state, &me.user, &name, ip, factor_at, days).await
+    }
+    .await;
+    let (new_token, errors, status) = match issued {
+        Ok((token, _)) => (
+            Some(token.secret.expose_secret().to_string()),
+            FormErrors::default(),
+            StatusCode::CREATED,
+        ),
+        Err(err) if err.status.is_client_error() => {
+            let status = err.status;
+            (None, err.into(), status)
         }
-        Err(err) => (None, err.into(), StatusCode::UNPROCESSABLE_ENTITY),
+        Err(err) => return Err(err.into()),
     };
     Ok(render_status(
         status,
@@ -414,6 +487,7 @@ async fn create_token_page(
             tokens: store::list_tokens(&state.db, me.user.id).await?,
             new_token,
             errors,
+            asks_code: me.user.role.is_staff(),
         },
     )?)
 }
@@ -452,6 +526,8 @@ struct CreateTokenRequest {
     password: SecretString,
     otp: Option<String>,
     name: Option<String>,
+    /// 1 to 365; 90 when not given.
+    expires_in_days: Option<i64>,
 }
 
 /// The second factor a token request must carry: none for a customer without one; a code
@@ -465,7 +541,7 @@ async fn token_second_factor(
     match second_factor::needed(&state.db, user).await? {
         second_factor::Need::Nothing => Ok(None),
         second_factor::Need::Enrolment => Err(second_factor::otp_required(
-            "Staff and admin accounts need a second factor: sign in once in the browser to set up your authenticator, then create tokens with its code.",
+            "Staff and admin accounts need a second factor: open the enrolment link mailed to you when you were given your role, set up your authenticator in the browser, then create tokens with its code.",
         )),
         second_factor::Need::Code => {
             second_factor::verify_given(
@@ -489,13 +565,15 @@ async fn create_token_api(
     let user = authenticate(&state, ip, &req.email, req.password).await?;
     let factor_at = token_second_factor(&state, &user, ip, req.otp.as_deref()).await?;
     let name = token_name(req.name.as_deref().unwrap_or("API token"))?;
-    let (token, row) = issue_token(&state, &user, &name, ip, factor_at).await?;
+    let days = token_days(req.expires_in_days)?;
+    let (token, row) = issue_token(&state, &user, &name, ip, factor_at, days).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "token": token.secret.expose_secret(),
             "id": row.id,
             "name": row.name,
+            "expires_at": row.expires_at,
             "email": user.email,
             "role": user.role,
         })),
@@ -608,7 +686,7 @@ async fn change_role(
     let result = async {
         second_factor::require_fresh(&state, &me.user, &credential, ip, form.otp.as_deref())
             .await?;
-        roles::change(&state.db, &me.user, ip.0, id, role).await
+        roles::change(&state, &me.user, ip.0, id, role).await
     }
     .await;
     let message = match result {

@@ -23,6 +23,10 @@ use crate::{
     vault::{PlainKey, Vault},
 };
 
+/// Wrong codes in a row, from anywhere, after which the authenticator's codes stop counting
+/// for the account: only a recovery code (or an admin's reset) opens it again.
+pub const ACCOUNT_FAILURE_CAP: i64 = 10;
+
 /// How long a second factor counts as fresh for approving, confirming and changing roles.
 pub const FRESH_SECONDS: i64 = 600;
 /// The session key holding when this session last proved a second factor (unix seconds).
@@ -52,6 +56,17 @@ fn otp_invalid() -> AppError {
         ErrorItem::new(
             "otp_invalid",
             "That code is wrong or was already used. Enter the current code from your authenticator app (each code works once), or one of your unused recovery codes.",
+        )
+        .on("otp"),
+    )
+}
+
+fn second_factor_locked() -> AppError {
+    AppError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorItem::new(
+            "second_factor_locked",
+            format!("After {ACCOUNT_FAILURE_CAP} wrong codes in a row, codes from this account's authenticator are blocked: enter one of your recovery codes instead (or ask an admin to reset your second factor)."),
         )
         .on("otp"),
     )
@@ -172,8 +187,8 @@ pub async fn confirm_enrolment(
     let sealed = seal_secret(&state.vault, &secret)?;
     let mut tx = state.db.begin().await?;
     let done = sqlx::query(
-        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2, totp_enabled_at = $3, totp_last_step = $4 \
-         WHERE id = $5 AND totp_enabled_at IS NULL",
+        "UPDATE users SET totp_sealed = $1, totp_vault_recipient = $2, totp_enabled_at = $3, totp_last_step = $4, \
+         enrolment_token_hash = NULL, enrolment_expires_at = NULL WHERE id = $5 AND totp_enabled_at IS NULL",
     )
     .bind(&sealed.armored)
     .bind(&sealed.recipient)
@@ -193,6 +208,111 @@ pub async fn confirm_enrolment(
     .await?;
     tx.commit().await?;
     Ok(codes)
+}
+
+/// How long a raised account's enrolment link works.
+pub const ENROLMENT_LINK_SECONDS: i64 = 24 * 3600;
+
+/// Gives a raised account with no authenticator yet a one-time link (24 h) to enrol its first
+/// one, in the caller's transaction: knowing the password alone is not enough to take over a
+/// staff account. A new link replaces any earlier one. `None` when the account has an
+/// authenticator already. The link goes to the account's own address (`mail_enrolment_link`)
+/// or, from the server shell, to the operator to hand over.
+pub async fn issue_enrolment_link(
+    conn: &mut sqlx::AnyConnection,
+    base_url: &url::Url,
+    user_id: i64,
+) -> AppResult<Option<Zeroizing<String>>> {
+    let token = tokens::generate();
+    let done = sqlx::query(
+        "UPDATE users SET enrolment_token_hash = $1, enrolment_expires_at = $2 \
+         WHERE id = $3 AND totp_enabled_at IS NULL",
+    )
+    .bind(&token.hash)
+    .bind(db::now() + ENROLMENT_LINK_SECONDS)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    use secrecy::ExposeSecret;
+    Ok(Some(Zeroizing::new(format!(
+        "{base_url}account/enrol/{}",
+        token.secret.expose_secret()
+    ))))
+}
+
+/// Mails `user` the enrolment link that `issue_enrolment_link` made, in the same transaction.
+pub async fn mail_enrolment_link(
+    conn: &mut sqlx::AnyConnection,
+    user: &User,
+    role: super::Role,
+    link: &str,
+) -> AppResult<()> {
+    let mail = crate::mail::Mail {
+        to: user.email.clone(),
+        subject: format!("certdrop: set up your authenticator ({})", role.as_str()),
+        paragraphs: vec![
+            format!(
+                "Your certdrop account {} is now {}. Staff and admin accounts sign in with a second factor: open the link below within 24 hours, sign in with your password, and set up an authenticator app.",
+                user.email,
+                role.as_str()
+            ),
+            "The link works once. If it has expired, ask an admin to send a new one.".into(),
+        ],
+        link: Some((link.to_string(), "Set up your authenticator".into())),
+    };
+    crate::mail::enqueue(
+        conn,
+        &format!("user:{}:enrolment:{}", user.id, tokens::hash(link)),
+        &mail,
+    )
+    .await
+}
+
+/// The user whose unexpired enrolment link this is (the `token` part of the link).
+pub async fn enrolment_link_user(db: &Db, token: &str) -> AppResult<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM users WHERE enrolment_token_hash = $1 AND enrolment_expires_at > $2 \
+         AND totp_enabled_at IS NULL",
+    )
+    .bind(tokens::hash(token))
+    .bind(db::now())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The session key remembering an opened enrolment link: `(user id, SHA-256 of its token)`.
+pub const ENROLMENT_LINK_KEY: &str = "enrolment_link";
+
+/// Whether this session opened `user`'s current, unexpired enrolment link.
+pub async fn opened_enrolment_link(db: &Db, session: &Session, user: &User) -> AppResult<bool> {
+    let Some((user_id, hash)) = session.get::<(i64, String)>(ENROLMENT_LINK_KEY).await? else {
+        return Ok(false);
+    };
+    if user_id != user.id {
+        return Ok(false);
+    }
+    let current: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE id = $1 AND enrolment_token_hash = $2 AND enrolment_expires_at > $3",
+    )
+    .bind(user.id)
+    .bind(hash)
+    .bind(db::now())
+    .fetch_optional(db)
+    .await?;
+    Ok(current.is_some())
+}
+
+pub fn enrolment_link_required() -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        ErrorItem::new(
+            "enrolment_link_required",
+            "This account must set up its authenticator through the one-time link mailed to its address when it was given its role: open that link, then sign in. If it has expired, ask an admin to send a new one.",
+        ),
+    )
 }
 
 /// Replaces a user's recovery codes with ten new ones (the old ones stop working).
@@ -267,10 +387,15 @@ pub async fn verify(
     code: &str,
 ) -> AppResult<Accepted> {
     limit(state, ip, user)?;
-    let row = sqlx::query("SELECT totp_sealed, totp_enabled_at FROM users WHERE id = $1")
-        .bind(user.id)
-        .fetch_one(&state.db)
-        .await?;
+    let row = sqlx::query(
+        "SELECT totp_sealed, totp_enabled_at, second_factor_locked_at FROM users WHERE id = $1",
+    )
+    .bind(user.id)
+    .fetch_one(&state.db)
+    .await?;
+    let locked = row
+        .try_get::<Option<i64>, _>("second_factor_locked_at")?
+        .is_some();
     let sealed = match (
         row.try_get::<Option<String>, _>("totp_sealed")?,
         row.try_get::<Option<i64>, _>("totp_enabled_at")?,
@@ -283,6 +408,17 @@ pub async fn verify(
         }
     };
     let accepted = if totp::is_totp_code(code) {
+        if locked {
+            audit::record(
+                &state.db,
+                Entry::new(Some(user), "user.second_factor", "user", user.id)
+                    .outcome("refused")
+                    .detail(json!({"code": "second_factor_locked"}))
+                    .ip(ip.0),
+            )
+            .await?;
+            return Err(second_factor_locked());
+        }
         let secret = open_secret(&state.vault, sealed)?;
         let step = secret.matching_step(code, db::now());
         match step {
@@ -325,6 +461,13 @@ pub async fn verify(
     match accepted {
         Some(how) => {
             state.login_limiter.succeeded(limit_ip, &limit_key);
+            sqlx::query(
+                "UPDATE users SET second_factor_failures = 0, second_factor_locked_at = NULL \
+                 WHERE id = $1 AND (second_factor_failures <> 0 OR second_factor_locked_at IS NOT NULL)",
+            )
+            .bind(user.id)
+            .execute(&state.db)
+            .await?;
             if let Accepted::RecoveryCode { remaining } = how {
                 audit::record(
                     &state.db,
@@ -345,9 +488,72 @@ pub async fn verify(
                     .ip(ip.0),
             )
             .await?;
+            if count_failure(state, user, ip).await? {
+                return Err(second_factor_locked());
+            }
             Err(otp_invalid())
         }
     }
+}
+
+/// Counts a wrong code against the account, wherever it came from; at the cap, blocks the
+/// authenticator's codes and mails the owner (once). Whether the account is blocked now.
+async fn count_failure(state: &AppState, user: &User, ip: ClientIp) -> AppResult<bool> {
+    let mut tx = state.db.begin().await?;
+    let failures: i64 = sqlx::query_scalar(
+        "UPDATE users SET second_factor_failures = second_factor_failures + 1 WHERE id = $1 \
+         RETURNING second_factor_failures",
+    )
+    .bind(user.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if failures < ACCOUNT_FAILURE_CAP {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    let now = db::now();
+    let locked_now = sqlx::query(
+        "UPDATE users SET second_factor_locked_at = $1 WHERE id = $2 AND second_factor_locked_at IS NULL",
+    )
+    .bind(now)
+    .bind(user.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if locked_now {
+        audit::record(
+            &mut *tx,
+            Entry::new(Some(user), "user.second_factor_locked", "user", user.id)
+                .detail(json!({"failures": failures}))
+                .ip(ip.0),
+        )
+        .await?;
+        let mail = crate::mail::Mail {
+            to: user.email.clone(),
+            subject: "certdrop: your authenticator codes are blocked".into(),
+            paragraphs: vec![
+                format!(
+                    "Someone entered {failures} wrong authenticator codes in a row for your certdrop account {}. To protect it, codes from your authenticator no longer sign you in.",
+                    user.email
+                ),
+                "Sign in with one of your recovery codes: that opens your authenticator again. If you have none left, ask an admin to reset your second factor.".into(),
+                "If these attempts were not yours, someone knows your password: change it as soon as you are signed in.".into(),
+            ],
+            link: Some((format!("{}login", state.base_url), "Sign in".into())),
+        };
+        crate::mail::enqueue(
+            &mut tx,
+            &format!("user:{}:second_factor_locked:{now}", user.id),
+            &mail,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    if locked_now {
+        state.mail_wake.notify_one();
+    }
+    Ok(true)
 }
 
 /// Demands a second factor from the last ten minutes on this credential, or a code now

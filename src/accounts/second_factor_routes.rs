@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::{
     Router,
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::StatusCode,
     routing::{get, post},
 };
@@ -33,8 +33,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(
             "/login/second-factor",
-            get(second_factor_page).post(second_factor_submit),
+            get(second_factor_page)
+                .post(second_factor_submit)
+                .layer(web::small_body()),
         )
+        .route("/account/enrol/{token}", get(enrolment_link))
         .route("/account/security", get(security_page))
         .route("/account/security/enrol", post(enrol_submit))
         .route("/account/security/recovery-codes", post(new_codes_submit))
@@ -70,7 +73,42 @@ struct SecondFactorPage {
     email: String,
     next: String,
     enrolment: Option<EnrolmentView>,
+    /// No authenticator yet, and this session did not come through the account's enrolment link.
+    needs_link: bool,
     errors: FormErrors,
+}
+
+/// A raised account's one-time enrolment link: remembered in this browser's session, then on
+/// to sign in with the password, after which the enrolment page opens.
+async fn enrolment_link(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Path(token): Path<String>,
+) -> PageResult {
+    let Some(user_id) = second_factor::enrolment_link_user(&state.db, &token).await? else {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            crate::error::ErrorItem::new(
+                "enrolment_link_invalid",
+                "This enrolment link is unknown, already used or expired (links work for 24 hours): ask an admin to send a new one.",
+            ),
+        )
+        .into());
+    };
+    viewer
+        .session
+        .insert(
+            second_factor::ENROLMENT_LINK_KEY,
+            (user_id, crate::accounts::tokens::hash(&token)),
+        )
+        .await?;
+    web::flash(
+        &viewer.session,
+        "ok",
+        "Sign in with your password to set up your authenticator.",
+    )
+    .await?;
+    Ok(see_other("/login"))
 }
 
 #[derive(Template)]
@@ -106,10 +144,12 @@ async fn render_step(
     status: StatusCode,
     errors: FormErrors,
 ) -> PageResult {
-    let enrolment = match second_factor::enabled_at(&state.db, user.id).await? {
-        Some(_) => None,
-        None => Some(EnrolmentView::new(shown_secret, &user.email)),
-    };
+    let enrolled = second_factor::enabled_at(&state.db, user.id)
+        .await?
+        .is_some();
+    let may_enrol =
+        !enrolled && second_factor::opened_enrolment_link(&state.db, &viewer.session, user).await?;
+    let enrolment = may_enrol.then(|| EnrolmentView::new(shown_secret, &user.email));
     render_secret(
         status,
         &SecondFactorPage {
@@ -117,6 +157,7 @@ async fn render_step(
             email: user.email.clone(),
             next: next.to_string(),
             enrolment,
+            needs_link: !enrolled && !may_enrol,
             errors,
         },
     )
@@ -177,11 +218,13 @@ async fn second_factor_submit(
         second_factor::verify(&state, &user, ip, &form.otp)
             .await
             .map(|how| (how, Vec::new()))
-    } else {
+    } else if second_factor::opened_enrolment_link(&state.db, &viewer.session, &user).await? {
         let secret = form.secret.as_deref().unwrap_or("");
         second_factor::confirm_enrolment(&state, &user, ip, secret, &form.otp)
             .await
             .map(|codes| (Accepted::Totp, codes))
+    } else {
+        Err(second_factor::enrolment_link_required())
     };
     match result {
         Ok((how, codes)) => {

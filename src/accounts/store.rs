@@ -117,6 +117,7 @@ pub struct ApiToken {
     pub hint: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    pub expires_at: i64,
 }
 
 pub async fn insert_token(
@@ -125,11 +126,12 @@ pub async fn insert_token(
     name: &str,
     token: &NewToken,
     second_factor_at: Option<i64>,
+    expires_at: i64,
 ) -> AppResult<ApiToken> {
     let now = db::now();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO api_tokens (user_id, name, token_hash, hint, created_at, second_factor_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO api_tokens (user_id, name, token_hash, hint, created_at, second_factor_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(user_id)
     .bind(name)
@@ -137,6 +139,7 @@ pub async fn insert_token(
     .bind(&token.hint)
     .bind(now)
     .bind(second_factor_at)
+    .bind(expires_at)
     .fetch_one(db)
     .await?;
     Ok(ApiToken {
@@ -145,6 +148,7 @@ pub async fn insert_token(
         hint: token.hint.clone(),
         created_at: now,
         last_used_at: None,
+        expires_at,
     })
 }
 
@@ -155,18 +159,32 @@ pub struct TokenOwner {
     pub second_factor_at: Option<i64>,
 }
 
+/// What a presented token turned out to be.
+pub enum TokenLookup {
+    Live(TokenOwner),
+    /// Past its expiry (unix seconds).
+    Expired(i64),
+    Unknown,
+}
+
 /// The owner of a live token; records when it was last used (at most once a minute).
-pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<TokenOwner>> {
+pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<TokenLookup> {
     let row = sqlx::query(
-        "SELECT u.id, u.email, u.role, u.created_at, t.id AS token_id, t.token_hash, t.last_used_at, t.second_factor_at \
+        "SELECT u.id, u.email, u.role, u.created_at, t.id AS token_id, t.token_hash, t.last_used_at, t.second_factor_at, t.expires_at \
          FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(db)
     .await?;
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else {
+        return Ok(TokenLookup::Unknown);
+    };
     let now = db::now();
+    let expires_at: i64 = row.try_get("expires_at")?;
+    if expires_at <= now {
+        return Ok(TokenLookup::Expired(expires_at));
+    }
     let token_id: i64 = row.try_get("token_id")?;
     let last_used: Option<i64> = row.try_get("last_used_at")?;
     if last_used.is_none_or(|t| now - t >= 60) {
@@ -176,7 +194,7 @@ pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<Token
             .execute(db)
             .await?;
     }
-    Ok(Some(TokenOwner {
+    Ok(TokenLookup::Live(TokenOwner {
         user: user_from_row(&row)?,
         token_id,
         second_factor_at: row.try_get("second_factor_at")?,
@@ -185,7 +203,7 @@ pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<Option<Token
 
 pub async fn list_tokens(db: &Db, user_id: i64) -> AppResult<Vec<ApiToken>> {
     let rows = sqlx::query(
-        "SELECT id, name, hint, created_at, last_used_at FROM api_tokens \
+        "SELECT id, name, hint, created_at, last_used_at, expires_at FROM api_tokens \
          WHERE user_id = $1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 200",
     )
     .bind(user_id)
@@ -199,6 +217,7 @@ pub async fn list_tokens(db: &Db, user_id: i64) -> AppResult<Vec<ApiToken>> {
                 hint: row.try_get("hint")?,
                 created_at: row.try_get("created_at")?,
                 last_used_at: row.try_get("last_used_at")?,
+                expires_at: row.try_get("expires_at")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

@@ -1,6 +1,7 @@
-//! Where an app's backend may be. Never the machine itself (loopback), link-local addresses
-//! (cloud metadata answers at 169.254.169.254), "this network" or unspecified addresses,
-//! broadcast or multicast — unless the operator allows private backends
+//! Where an app's backend may be. Never a cloud metadata address (link-local IPv4, AWS's
+//! `fd00:ec2::254`, Alibaba's, Azure's), whatever the operator allows. Never the machine itself
+//! (loopback), IPv6 link-local addresses, "this network" or unspecified addresses, broadcast or
+//! multicast — unless the operator allows private backends
 //! (`CERTDROP_ALLOW_PRIVATE_BACKENDS=true`, for one-host setups and loopback tests); ordinary
 //! private ranges (10/8, 192.168/16, fc00::/7) are allowed, since backends often live there.
 //! The control plane checks when a backend URL is saved; each node checks every address it
@@ -8,11 +9,28 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// Where clouds answer with a machine's credentials (instance metadata): never a backend,
+/// whatever the operator allows. Link-local IPv4 (169.254/16: AWS, GCP, Azure, OpenStack,
+/// DigitalOcean, Oracle) is refused as a whole; these are the others.
+const METADATA: [IpAddr; 4] = [
+    // AWS IMDS over IPv6.
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    // Alibaba Cloud.
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    // Azure's wire server.
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+    // Oracle Cloud's older metadata address.
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 0, 192)),
+];
+
 /// Why `ip` may not be a backend, if it may not.
 pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     let ip = ip.to_canonical();
     if ip.is_unspecified() {
         return Some("an unspecified address");
+    }
+    if METADATA.contains(&ip) || matches!(ip, IpAddr::V4(v4) if v4.is_link_local()) {
+        return Some("a cloud metadata address (where a machine's credentials are served)");
     }
     if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
         return Some("a multicast or broadcast address");
@@ -22,9 +40,6 @@ pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     }
     match ip {
         IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address (the machine itself)"),
-        IpAddr::V4(v4) if v4.is_link_local() => {
-            Some("a link-local address (where cloud metadata answers)")
-        }
         IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("a \"this network\" address"),
         IpAddr::V6(v6) if v6.is_loopback() => Some("a loopback address (the machine itself)"),
         IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
@@ -104,6 +119,29 @@ mod tests {
             assert_eq!(refusal(good.parse().unwrap(), false), None, "{good}");
         }
         assert_eq!(refusal("127.0.0.1".parse().unwrap(), true), None);
+        // Cloud metadata, whatever the override, in any spelling.
+        for metadata in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "168.63.129.16",
+            "192.0.0.192",
+            "::ffff:169.254.169.254",
+            "::ffff:100.100.100.200",
+        ] {
+            let ip: IpAddr = metadata.parse().unwrap();
+            for allow_private in [false, true] {
+                assert!(
+                    refusal(ip, allow_private).is_some_and(|w| w.contains("metadata")),
+                    "{metadata} allowed={allow_private}"
+                );
+            }
+        }
+        // Its neighbours are ordinary private addresses (Tailscale's 100.64/10, say).
+        for fine in ["100.100.100.201", "100.64.0.1", "fd00:ec2::255"] {
+            assert_eq!(refusal(fine.parse().unwrap(), false), None, "{fine}");
+        }
         assert!(
             refusal("0.0.0.0".parse().unwrap(), true).is_some(),
             "never unspecified"

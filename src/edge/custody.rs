@@ -33,6 +33,53 @@ pub fn normalize_fingerprint(raw: &str) -> String {
     }
 }
 
+/// 409 `recipient_in_use`: one identity, one slot.
+pub fn recipient_in_use(recipient: &str, holder: Option<&str>) -> AppError {
+    let held = holder.map_or("another edge node".to_string(), |h| {
+        format!("edge node {h}")
+    });
+    AppError::conflict(
+        "recipient_in_use",
+        format!(
+            "The identity {} is already {held}'s: every edge machine has an identity of its own, held by one slot. Give this machine its own data dir (a fresh identity) and enroll it again.",
+            super::recipient_fingerprint(recipient)
+        ),
+    )
+}
+
+/// Refuses `recipient` for the node `node_id` when it was ever revoked, anywhere
+/// (`recipient_revoked`, forever), or another node holds it (`recipient_in_use`). Enrollment,
+/// confirmation and every sealing ask this; none asks whether a fleet key vouched for it.
+pub async fn check_recipient(db: &Db, recipient: &str, node_id: i64) -> AppResult<()> {
+    let fingerprint = super::recipient_fingerprint(recipient);
+    let revoked: Option<String> = sqlx::query_scalar(
+        "SELECT node FROM node_revocations WHERE recipient_fingerprint = $1 ORDER BY id LIMIT 1",
+    )
+    .bind(&fingerprint)
+    .fetch_optional(db)
+    .await?;
+    if let Some(node) = revoked {
+        return Err(AppError::conflict(
+            "recipient_revoked",
+            format!(
+                "The identity {fingerprint} was revoked (as edge node {node}); a revoked identity never holds keys again. Give the machine a fresh identity (an empty data dir) and a new enrollment token."
+            ),
+        ));
+    }
+    let holder: Option<(String, i64)> = sqlx::query_as(
+        "SELECT p.name, n.slot FROM edge_nodes n JOIN edge_pairs p ON p.id = n.pair_id \
+         WHERE n.recipient = $1 AND n.id <> $2",
+    )
+    .bind(recipient)
+    .bind(node_id)
+    .fetch_optional(db)
+    .await?;
+    match holder {
+        Some((pair, slot)) => Err(recipient_in_use(recipient, Some(&format!("{pair}-{slot}")))),
+        None => Ok(()),
+    }
+}
+
 /// Records a refused custody action (who tried what on which node, and why) and passes the
 /// error on; the attempt is on the trail even though nothing changed.
 async fn refused<T>(
@@ -66,6 +113,7 @@ pub async fn confirm(
     ip: ClientIp,
     node_id: i64,
     fingerprint: &str,
+    address: Option<&str>,
     otp: Option<&str>,
 ) -> AppResult<store::Node> {
     let node = store::node(&state.db, node_id).await?;
@@ -113,6 +161,19 @@ pub async fn confirm(
         let (Some(recipient), Some(expected)) = (&node.recipient, &node.recipient_fingerprint) else {
             return Err(AppError::internal(anyhow::anyhow!("an enrolled node has no recipient")));
         };
+        check_recipient(&state.db, recipient, node.id).await?;
+        // The address is part of what is confirmed: it is what DNS will be told to point at.
+        if let Some(seen) = address.map(str::trim).filter(|a| !a.is_empty())
+            && Some(seen) != node.address.as_deref()
+        {
+            return Err(AppError::conflict(
+                "address_changed",
+                format!(
+                    "{name} now gives the address {}, not the {seen} you saw: reload the page and check it again.",
+                    node.address.as_deref().unwrap_or("(none)")
+                ),
+            ));
+        }
         if normalize_fingerprint(fingerprint) != *expected {
             return Err(AppError::conflict(
                 "fingerprint_mismatch",
@@ -124,13 +185,14 @@ pub async fn confirm(
         }
         let mut tx = state.db.begin().await?;
         let done = sqlx::query(
-            "UPDATE edge_nodes SET state = 'confirmed', confirmed_by = $1, confirmed_via = 'admin', confirmed_at = $2 \
-             WHERE id = $3 AND state = 'enrolled' AND recipient = $4",
+            "UPDATE edge_nodes SET state = 'confirmed', confirmed_by = $1, confirmed_via = 'admin', confirmed_at = $2, \
+             confirmed_address = address WHERE id = $3 AND state = 'enrolled' AND recipient = $4 AND address = $5",
         )
         .bind(admin.id)
         .bind(db::now())
         .bind(node.id)
         .bind(recipient)
+        .bind(&node.address)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -142,7 +204,7 @@ pub async fn confirm(
         audit::record(
             &mut *tx,
             Entry::new(Some(admin), "edge_node.confirmed", "edge_node", &name)
-                .detail(json!({"recipient_fingerprint": expected, "pair": pair.name}))
+                .detail(json!({"recipient_fingerprint": expected, "pair": pair.name, "address": node.address}))
                 .ip(ip.0),
         )
         .await?;
@@ -220,6 +282,16 @@ pub async fn revoke(
         admin.require_admin()?;
         second_factor::require_fresh(state, admin, credential, ip, otp).await?;
         let mut tx = state.db.begin().await?;
+        // The node's credential now answers only "wipe what you hold", for a machine that
+        // still reaches the control plane.
+        sqlx::query(
+            "INSERT INTO node_wipe_orders (token_hash, node_id, created_at) \
+             SELECT node_token_hash, id, $2 FROM edge_nodes WHERE id = $1 AND node_token_hash IS NOT NULL AND state <> 'revoked'",
+        )
+        .bind(node.id)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?;
         let done = sqlx::query(
             "UPDATE edge_nodes SET state = 'revoked', node_token_hash = NULL, enroll_token_hash = NULL \
              WHERE id = $1 AND state <> 'revoked'",
@@ -239,6 +311,11 @@ pub async fn revoke(
             .execute(&mut *tx)
             .await?;
         crate::domains::platform::forget(&mut tx, node.id).await?;
+        // Its pair's configuration changes (the ticket keys go), so the other node hears of it.
+        sqlx::query("UPDATE edge_pairs SET config_version = config_version + 1 WHERE id = $1")
+            .bind(pair.id)
+            .execute(&mut *tx)
+            .await?;
         super::session_keys::forget(&mut tx, pair.id).await?;
         let fingerprint = node.recipient_fingerprint.clone().unwrap_or_default();
         let now = db::now();
@@ -306,6 +383,28 @@ pub async fn revoke(
     }
     .await;
     refused(&state.db, admin, "edge_node.revoked", &name, ip, result).await
+}
+
+/// Releases a pair from its app, in the caller's transaction: it serves nothing, and every
+/// copy of a key sealed to its nodes (customers' certificates, the platform certificate, the
+/// ticket keys) is deleted with the release, so no key outlives the custody that justified it.
+/// The bumped configuration tells both nodes to drop what they served and held.
+pub async fn release_pair(conn: &mut sqlx::AnyConnection, pair_id: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE edge_pairs SET app_id = NULL, certificate_id = NULL, config_version = config_version + 1 WHERE id = $1",
+    )
+    .bind(pair_id)
+    .execute(&mut *conn)
+    .await?;
+    for table in ["node_keys", "platform_node_keys"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE node_id IN (SELECT id FROM edge_nodes WHERE pair_id = $1)"
+        ))
+        .bind(pair_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    super::session_keys::forget(conn, pair_id).await
 }
 
 /// A new single-use enrollment token for a node that never enrolled or was revoked: the

@@ -238,20 +238,23 @@ async fn publish(
     for (node, name, armored) in &sealed {
         // Guarded on the node still being confirmed with the same recipient: a revocation or
         // replacement that lands after the pair was read above stops the deployment here.
+        // ... and on its identity never having been revoked, anywhere.
         let stored = sqlx::query(
             "INSERT INTO node_keys (node_id, certificate_id, sealed_key) SELECT $1, $2, $3 \
              WHERE EXISTS (SELECT 1 FROM edge_nodes WHERE id = $1 AND state = 'confirmed' AND recipient = $4) \
+             AND NOT EXISTS (SELECT 1 FROM node_revocations WHERE recipient_fingerprint = $5) \
              ON CONFLICT (node_id, certificate_id) DO UPDATE SET sealed_key = excluded.sealed_key",
         )
         .bind(node.id)
         .bind(job.target)
         .bind(armored)
         .bind(&node.recipient)
+        .bind(&node.recipient_fingerprint)
         .execute(&mut *tx)
         .await?;
         if stored.rows_affected() != 1 {
             return Ok(Err(format!(
-                "{name} stopped being a confirmed node during the deployment; its key was not sealed to it"
+                "{name} stopped being a confirmed node (or its identity was revoked) during the deployment; its key was not sealed to it"
             )));
         }
         audit::record(
@@ -540,10 +543,7 @@ async fn succeed(
     .execute(&mut *tx)
     .await?;
     if ticket.kind == TicketKind::Remove {
-        sqlx::query("UPDATE edge_pairs SET app_id = NULL WHERE id = $1")
-            .bind(job.pair_id)
-            .execute(&mut *tx)
-            .await?;
+        custody::release_pair(&mut tx, job.pair_id).await?;
     }
     crate::billing::record_deployment(&mut tx, state, ticket, job.pair_id, now).await?;
     let (subject, lines) = match ticket.kind {
@@ -672,12 +672,8 @@ pub async fn record_failure(
     match ticket.kind {
         // Never deployed: the pair goes back to the free pool and serves nothing.
         TicketKind::Provision => {
-            sqlx::query("UPDATE edge_pairs SET app_id = NULL, certificate_id = NULL, config_version = config_version + 1 WHERE id = $1")
-                .bind(pair_id)
-                .execute(&mut *tx)
-                .await?;
             // Like any released pair: the next app on it starts with keys of its own.
-            session_keys::forget(tx, pair_id).await?;
+            custody::release_pair(tx, pair_id).await?;
         }
         // Keep serving what was verified before.
         _ => {

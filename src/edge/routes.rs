@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::{Enrolled, Enrollment, NodeConfig, Site, custody, session_keys, store};
+use super::{Enrolled, Enrollment, NodeConfig, Site, custody, fleet, session_keys, store};
 use crate::{
     accounts::{
         ApiCredential, ApiUser, SignedIn, User, csrf::CsrfForm, extract::ClientIp,
@@ -46,7 +46,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/edge-nodes/{id}/enroll-token",
             post(enroll_token_api),
         )
-        .route("/api/v1/edge/enroll", post(enroll_api))
+        .route(
+            "/api/v1/edge/enroll",
+            post(enroll_api).layer(web::small_body()),
+        )
         .route("/api/v1/edge/config", get(config_api))
 }
 
@@ -93,6 +96,13 @@ fn node_json(pair: &store::Pair, n: &store::Node) -> serde_json::Value {
         "confirmed_by": n.confirmed_by_label(),
         "confirmed_at": n.confirmed_at.map(web::rfc3339),
         "address": n.address,
+        // Only this address is published (DNS records, apps' targets), and only once confirmed.
+        "confirmed_address": n.confirmed_address,
+        "attestation": n.attestation.as_ref().map(|a| json!({
+            "pair": a.pair,
+            "slot": a.slot,
+            "expires_at": web::rfc3339(a.expires_at),
+        })),
         "last_seen_at": n.last_seen_at.map(web::rfc3339),
         "applied_version": n.applied_version,
         "in_sync": n.applied_version == pair.config_version,
@@ -244,6 +254,8 @@ async fn after_node_action<T>(
 #[derive(Deserialize)]
 struct ConfirmForm {
     recipient_fingerprint: String,
+    /// The address the page showed beside the fingerprint.
+    address: Option<String>,
     otp: Option<String>,
 }
 
@@ -262,6 +274,7 @@ async fn confirm_page(
         ip,
         id,
         &form.recipient_fingerprint,
+        form.address.as_deref(),
         form.otp.as_deref(),
     )
     .await;
@@ -364,46 +377,91 @@ async fn enroll_api(
     ip: ClientIp,
     Json(req): Json<Enrollment>,
 ) -> AppResult<Response> {
-    if req.recipient.parse::<age::x25519::Recipient>().is_err() {
+    // The canonical spelling: an identity written another way (upper case) is the same one.
+    let Ok(recipient) = req.recipient.trim().parse::<age::x25519::Recipient>() else {
         return Err(AppError::unprocessable(ErrorItem::new(
             "invalid_recipient",
             "The node's age recipient is not valid.",
         )));
-    }
-    if req.address.parse::<std::net::SocketAddr>().is_err() && !req.address.contains(':') {
+    };
+    let recipient = recipient.to_string();
+    if req.address.len() > 255
+        || (req.address.parse::<std::net::SocketAddr>().is_err() && !req.address.contains(':'))
+    {
         return Err(AppError::unprocessable(ErrorItem::new(
             "invalid_address",
             "Advertise the node as HOST:PORT.",
         )));
     }
-    // With a fleet key, only machines it vouches for may enroll (the token stays unspent).
-    let attested = match &state.config.fleet_public_key {
-        None => false,
-        Some(fleet) => match req.attestation.as_deref() {
-            None => {
-                return Err(AppError::unprocessable(ErrorItem::new(
-                    "attestation_required",
-                    "This installation admits only nodes vouched for by its fleet key: sign the node's recipient with `certdrop fleet:attest` and start the node with --attestation FILE.",
-                )));
-            }
-            Some(a) if !fleet.verifies(&req.recipient, a) => {
-                return Err(AppError::unprocessable(ErrorItem::new(
-                    "attestation_invalid",
-                    "The attestation is not the fleet key's signature of this node's recipient: sign this node's own recipient (`certdrop edge:identity` prints it) with the fleet key.",
-                )));
-            }
-            Some(_) => true,
-        },
+    let (node_id, pair_name, slot) =
+        store::slot_of_enroll_token(&state.db, &req.enroll_token).await?;
+    let name = format!("{pair_name}-{slot}");
+    let checked = async {
+        custody::check_recipient(&state.db, &recipient, node_id).await?;
+        // With a fleet key, only machines it vouches for, for this very slot, may enroll (the
+        // token stays unspent).
+        let Some(fleet) = &state.config.fleet_public_key else {
+            return Ok(None);
+        };
+        let Some(attestation) = req.attestation.as_deref() else {
+            return Err(AppError::unprocessable(ErrorItem::new(
+                "attestation_required",
+                format!(
+                    "This installation admits only nodes vouched for by its fleet key: sign the node's recipient with `certdrop fleet:attest RECIPIENT --pair {pair_name} --slot {slot}` and start the node with --attestation FILE."
+                ),
+            )));
+        };
+        fleet
+            .admits(attestation, &recipient, &pair_name, slot, crate::db::now())
+            .map(Some)
+            .map_err(|refusal| {
+                let code = match refusal {
+                    fleet::Refusal::OtherSlot { .. } => "attestation_other_slot",
+                    fleet::Refusal::Expired => "attestation_expired",
+                    _ => "attestation_invalid",
+                };
+                AppError::unprocessable(ErrorItem::new(code, refusal.to_string()))
+            })
+    }
+    .await;
+    let enrolled = match checked {
+        Ok(claim) => {
+            store::enroll(
+                &state.db,
+                node_id,
+                &req.enroll_token,
+                &recipient,
+                &req.address,
+                req.http_address.as_deref(),
+                claim.as_ref(),
+            )
+            .await
+        }
+        Err(err) => Err(err),
     };
-    let (node, token) = store::enroll(
-        &state.db,
-        &req.enroll_token,
-        &req.recipient,
-        &req.address,
-        req.http_address.as_deref(),
-        attested,
-    )
-    .await?;
+    // A refused identity is on the trail with its fingerprint: someone tried it.
+    let (node, token) = match enrolled {
+        Ok(done) => done,
+        Err(err)
+            if err.status == StatusCode::CONFLICT
+                || err.status == StatusCode::UNPROCESSABLE_ENTITY =>
+        {
+            audit::record(
+                &state.db,
+                Entry::new(None, "edge_node.enrolled", "edge_node", &name)
+                    .outcome("refused")
+                    .detail(json!({
+                        "code": err.first_code(),
+                        "address": req.address,
+                        "recipient_fingerprint": super::recipient_fingerprint(&recipient),
+                    }))
+                    .ip(ip.0),
+            )
+            .await?;
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
     let pair = store::pair(&state.db, node.pair_id).await?;
     audit::record(
         &state.db,
@@ -451,10 +509,20 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(AppError::unauthorized)?;
-        store::node_by_token(&state.db, token.trim())
-            .await?
-            .map(Self)
-            .ok_or_else(AppError::unauthorized)
+        if let Some(node) = store::node_by_token(&state.db, token.trim()).await? {
+            return Ok(Self(node));
+        }
+        // A revoked node that still reaches us is told to wipe what it holds and stop serving.
+        if store::has_wipe_order(&state.db, token.trim()).await? {
+            return Err(AppError::new(
+                StatusCode::GONE,
+                ErrorItem::new(
+                    "node_revoked",
+                    "An admin revoked this edge node: wipe its configuration and keys and serve nothing more.",
+                ),
+            ));
+        }
+        Err(AppError::unauthorized())
     }
 }
 
@@ -615,6 +683,8 @@ async fn node_api(
 #[derive(Deserialize, Default)]
 struct ConfirmRequest {
     recipient_fingerprint: Option<String>,
+    /// The address the admin checked, when they did: refused if the node's differs.
+    address: Option<String>,
     otp: Option<String>,
 }
 
@@ -634,6 +704,7 @@ async fn confirm_api(
         ip,
         id,
         req.recipient_fingerprint.as_deref().unwrap_or(""),
+        req.address.as_deref(),
         req.otp.as_deref(),
     )
     .await?;

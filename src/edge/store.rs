@@ -31,12 +31,24 @@ pub struct Node {
     /// `admin` or `fleet_key`.
     pub confirmed_via: Option<String>,
     pub confirmed_at: Option<i64>,
+    /// The address that was confirmed with the node: published only while it is the address.
+    pub confirmed_address: Option<String>,
+    /// What the fleet key's attestation named, when it confirmed the node.
+    pub attestation: Option<super::fleet::Claim>,
 }
 
 impl Node {
     /// Whether keys may be sealed to this node now.
     pub fn holds_keys(&self) -> bool {
         self.state == NodeState::Confirmed && self.recipient.is_some()
+    }
+
+    /// Whether the node's address may be published (DNS records, an app's target): only a
+    /// confirmed node's, and only the address that was confirmed with it.
+    pub fn address_confirmed(&self) -> bool {
+        self.state == NodeState::Confirmed
+            && self.address.is_some()
+            && self.address == self.confirmed_address
     }
 
     /// Who vouched for the node, as the pages and the API say it.
@@ -108,12 +120,17 @@ fn node_from_row(row: &sqlx::any::AnyRow) -> Result<Node, sqlx::Error> {
         confirmed_by_email: row.try_get("confirmed_by_email")?,
         confirmed_via: row.try_get("confirmed_via")?,
         confirmed_at: row.try_get("confirmed_at")?,
+        confirmed_address: row.try_get("confirmed_address")?,
+        attestation: row
+            .try_get::<Option<String>, _>("attestation")?
+            .and_then(|a| serde_json::from_str(&a).ok()),
     })
 }
 
 const NODE_SELECT: &str = "SELECT n.id, n.pair_id, n.slot, n.state, n.node_token_hash, n.recipient, n.address, \
      n.http_address, n.last_seen_at, n.applied_version, n.issued_by, n.confirmed_by, cu.email AS confirmed_by_email, \
-     n.confirmed_via, n.confirmed_at FROM edge_nodes n LEFT JOIN users cu ON cu.id = n.confirmed_by";
+     n.confirmed_via, n.confirmed_at, n.confirmed_address, n.attestation \
+     FROM edge_nodes n LEFT JOIN users cu ON cu.id = n.confirmed_by";
 
 /// A new pair and its two single-use enrollment tokens (shown once).
 pub async fn create_pair(db: &Db, name: &str, created_by: i64) -> AppResult<(i64, [NewToken; 2])> {
@@ -204,27 +221,56 @@ async fn pairs_where(db: &Db, id: Option<i64>) -> AppResult<Vec<Pair>> {
         .map_err(Into::into)
 }
 
+fn bad_enroll_token() -> AppError {
+    AppError::new(
+        axum::http::StatusCode::UNAUTHORIZED,
+        crate::error::ErrorItem::new(
+            "bad_enroll_token",
+            "This enrollment token is unknown or already used. Ask staff for a new token for this node (Edge pairs page).",
+        ),
+    )
+}
+
+/// The slot an unspent enrollment token is for: `(node id, pair name, slot)`.
+pub async fn slot_of_enroll_token(db: &Db, enroll_token: &str) -> AppResult<(i64, String, i64)> {
+    sqlx::query_as(
+        "SELECT n.id, p.name, n.slot FROM edge_nodes n JOIN edge_pairs p ON p.id = n.pair_id \
+         WHERE n.enroll_token_hash = $1 AND n.state = 'awaiting'",
+    )
+    .bind(tokens::hash(enroll_token))
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(bad_enroll_token)
+}
+
 /// Spends an enrollment token (once) and records the node's recipient and addresses. The node
-/// is inert (`enrolled`) until an admin confirms it, unless the fleet key `attested` it.
+/// is inert (`enrolled`) until an admin confirms it, unless the fleet key attested it for this
+/// slot (`attested`): then it is confirmed with the address it gave. A recipient another node
+/// holds is refused by the database too (`recipient_in_use`), whatever raced.
 pub async fn enroll(
     db: &Db,
+    node_id: i64,
     enroll_token: &str,
     recipient: &str,
     address: &str,
     http_address: Option<&str>,
-    attested: bool,
+    attested: Option<&super::fleet::Claim>,
 ) -> AppResult<(Node, NewToken)> {
     let node_token = tokens::generate();
     let now = db::now();
-    let (state, via, at) = if attested {
-        ("confirmed", Some("fleet_key"), Some(now))
-    } else {
-        ("enrolled", None, None)
+    let (state, via, at, confirmed_address) = match attested {
+        Some(_) => ("confirmed", Some("fleet_key"), Some(now), Some(address)),
+        None => ("enrolled", None, None, None),
     };
+    let attestation = attested
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(anyhow::Error::from)?;
     let id: Option<i64> = sqlx::query_scalar(
         "UPDATE edge_nodes SET enroll_token_hash = NULL, node_token_hash = $1, recipient = $2, address = $3, \
-         http_address = $4, enrolled_at = $5, last_seen_at = $5, state = $6, confirmed_via = $7, confirmed_at = $8 \
-         WHERE enroll_token_hash = $9 AND state = 'awaiting' RETURNING id",
+         http_address = $4, enrolled_at = $5, last_seen_at = $5, state = $6, confirmed_via = $7, confirmed_at = $8, \
+         confirmed_address = $9, attestation = $10 \
+         WHERE id = $11 AND enroll_token_hash = $12 AND state = 'awaiting' RETURNING id",
     )
     .bind(&node_token.hash)
     .bind(recipient)
@@ -234,18 +280,20 @@ pub async fn enroll(
     .bind(state)
     .bind(via)
     .bind(at)
+    .bind(confirmed_address)
+    .bind(attestation)
+    .bind(node_id)
     .bind(tokens::hash(enroll_token))
     .fetch_optional(db)
-    .await?;
-    let id = id.ok_or_else(|| {
-        AppError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            crate::error::ErrorItem::new(
-                "bad_enroll_token",
-                "This enrollment token is unknown or already used. Ask staff for a new token for this node (Edge pairs page).",
-            ),
-        )
+    .await
+    .map_err(|e| {
+        if db::is_unique_violation(&e) {
+            super::custody::recipient_in_use(recipient, None)
+        } else {
+            e.into()
+        }
     })?;
+    let id = id.ok_or_else(bad_enroll_token)?;
     Ok((node(db, id).await?, node_token))
 }
 
@@ -266,6 +314,17 @@ pub async fn node_by_token(db: &Db, token: &str) -> AppResult<Option<Node>> {
     Ok(row.as_ref().map(node_from_row).transpose()?)
 }
 
+/// Whether `token` is a revoked node's credential, which now only orders it to wipe.
+pub async fn has_wipe_order(db: &Db, token: &str) -> AppResult<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT node_id FROM node_wipe_orders WHERE token_hash = $1")
+            .bind(tokens::hash(token))
+            .fetch_optional(db)
+            .await?
+            .is_some(),
+    )
+}
+
 /// Records that a node is alive and which configuration version it has applied.
 pub async fn heartbeat(db: &Db, node_id: i64, applied: i64) -> AppResult<()> {
     sqlx::query("UPDATE edge_nodes SET last_seen_at = $1, applied_version = $2 WHERE id = $3")
@@ -277,9 +336,6 @@ pub async fn heartbeat(db: &Db, node_id: i64, applied: i64) -> AppResult<()> {
     Ok(())
 }
 
-/// Dedicates a free pair (both nodes confirmed, no app) to an app; `None` when none is free.
-/// With `not_vouched_by`, pairs that person created or confirmed are passed over (separation
-/// of duties: they may not approve the first deployment of a customer's key to it).
 /// The free pair an approval by someone other than `not_vouched_by` would take: no app holds
 /// it, both its nodes are confirmed, and (under separation of duties) that person neither
 /// created it nor issued or confirmed a node of it.
@@ -444,7 +500,8 @@ pub async fn node_addresses(db: &Db) -> AppResult<Vec<std::net::SocketAddr>> {
         .collect())
 }
 
-/// `(app id, advertised host)` for the apps among `app_ids` that hold a pair: one query.
+/// `(app id, advertised host)` for the apps among `app_ids` that hold a pair: one query. Only
+/// confirmed nodes at their confirmed addresses: a self-declared address is never published.
 pub async fn advertised_hosts_of_apps(
     conn: &mut AnyConnection,
     app_ids: &[i64],
@@ -455,7 +512,7 @@ pub async fn advertised_hosts_of_apps(
     let placeholders: Vec<String> = (1..=app_ids.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT p.app_id, n.address FROM edge_pairs p JOIN edge_nodes n ON n.pair_id = p.id \
-         WHERE p.app_id IN ({}) AND n.address IS NOT NULL AND n.state <> 'revoked' ORDER BY p.app_id, n.slot",
+         WHERE p.app_id IN ({}) AND n.state = 'confirmed' AND n.address = n.confirmed_address ORDER BY p.app_id, n.slot",
         placeholders.join(", ")
     );
     let mut query = sqlx::query_as::<_, (i64, String)>(&sql);

@@ -312,14 +312,48 @@ fn a_fleet_key_attests_an_edge_machine_from_the_command_line() {
     let (_, again, _) = run(&["edge:identity", "--data-dir", node.to_str().unwrap()]);
     assert_eq!(again, out, "the identity is kept");
 
-    let (ok, attestation, err) = run(&["fleet:attest", &recipient, "--key", key.to_str().unwrap()]);
+    let (ok, attestation, err) = run(&[
+        "fleet:attest",
+        &recipient,
+        "--key",
+        key.to_str().unwrap(),
+        "--pair",
+        "pair-a",
+        "--slot",
+        "2",
+        "--valid-hours",
+        "2",
+    ]);
     assert!(ok, "{err}");
     let public = certdrop::edge::fleet::FleetPublicKey::parse(&public).unwrap();
-    assert!(public.verifies(&recipient, attestation.trim()));
-    assert!(!public.verifies(
-        &age::x25519::Identity::generate().to_public().to_string(),
-        attestation.trim()
-    ));
+    let now = certdrop::db::now();
+    let claim = public
+        .admits(attestation.trim(), &recipient, "pair-a", 2, now)
+        .unwrap();
+    assert!((claim.expires_at - now - 7200).abs() < 60, "{claim:?}");
+    assert!(
+        public
+            .admits(attestation.trim(), &recipient, "pair-a", 1, now)
+            .is_err(),
+        "another slot"
+    );
+    assert!(
+        public
+            .admits(attestation.trim(), &recipient, "pair-a", 2, now + 7300)
+            .is_err(),
+        "expired"
+    );
+    let (ok, _, err) = run(&[
+        "fleet:attest",
+        &recipient,
+        "--key",
+        key.to_str().unwrap(),
+        "--pair",
+        "pair-a",
+        "--slot",
+        "3",
+    ]);
+    assert!(!ok && err.contains("--slot"), "{err}");
 }
 
 db_test! {

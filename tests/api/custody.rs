@@ -427,8 +427,20 @@ db_test! {
     }
 }
 
+/// The fleet key's attestation of `recipient` for `slot` of `pair`, valid for `seconds` (from
+/// now; negative: expired already).
+pub fn attest(private: &str, recipient: &str, pair: &str, slot: i64, seconds: i64) -> String {
+    let claim = certdrop::edge::fleet::Claim {
+        recipient: recipient.to_string(),
+        pair: pair.to_string(),
+        slot,
+        expires_at: certdrop::db::now() + seconds,
+    };
+    certdrop::edge::fleet::attest(private, &claim).unwrap()
+}
+
 /// Enrolls a node with `token`, `recipient` and maybe an attestation.
-async fn enroll(
+pub async fn enroll(
     app: &TestApp,
     token: &Value,
     recipient: &str,
@@ -458,7 +470,7 @@ async fn with_a_fleet_key_only_attested_nodes_enroll(backend: Backend) {
     assert_eq!(resp.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(resp.code(), "attestation_required");
     let stranger = age::x25519::Identity::generate().to_public().to_string();
-    let other = certdrop::edge::fleet::attest(&private, &stranger).unwrap();
+    let other = attest(&private, &stranger, "fleet-a", 1, 3600);
     let resp = enroll(&app, &tokens[0], &machine, Some(other)).await;
     assert_eq!(
         resp.code(),
@@ -466,9 +478,9 @@ async fn with_a_fleet_key_only_attested_nodes_enroll(backend: Backend) {
         "an attestation of another machine"
     );
     // The token was never spent by the refusals; an attested machine is confirmed at once.
-    for token in &tokens {
+    for (slot, token) in (1..).zip(&tokens) {
         let machine = age::x25519::Identity::generate().to_public().to_string();
-        let attestation = certdrop::edge::fleet::attest(&private, &machine).unwrap();
+        let attestation = attest(&private, &machine, "fleet-a", slot, 3600);
         let resp = enroll(&app, token, &machine, Some(attestation)).await;
         assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.body);
         assert_eq!(resp.json["state"], "confirmed");

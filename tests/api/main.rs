@@ -5,6 +5,7 @@ mod common;
 mod accounts;
 mod acme;
 mod apps;
+mod attacks;
 mod backup;
 mod billing;
 mod browser;

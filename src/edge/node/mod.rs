@@ -107,6 +107,18 @@ impl Node {
         );
         Ok(())
     }
+
+    /// Drops everything the node serves and holds (sites, keys, ticket keys) from memory and
+    /// from its data dir: the control plane revoked it.
+    fn wipe(&self) {
+        self.sites.store(Arc::new(Sites::default()));
+        let path = self.data_dir.join("config.json");
+        if let Err(err) = std::fs::remove_file(&path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(error = %err, "edge: cannot remove {}", path.display());
+        }
+    }
 }
 
 /// The node's own age identity in `data_dir`, created (0600, in a 0700 directory) on first use.
@@ -325,17 +337,27 @@ async fn poll_config(node: Arc<Node>, creds: Credentials, http: reqwest::Client,
                 .bearer_auth(&creds.node_token)
                 .send()
                 .await?;
+            if resp.status() == reqwest::StatusCode::GONE {
+                return Ok(None);
+            }
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
                 anyhow::bail!(
                     "the control plane refused this node's credentials: it was revoked or replaced; an admin can tell on the Edge pairs page"
                 );
             }
             let resp = resp.error_for_status()?;
-            anyhow::Ok(resp.json::<NodeConfig>().await?)
+            anyhow::Ok(Some(resp.json::<NodeConfig>().await?))
         }
         .await;
         match result {
-            Ok(config) => {
+            Ok(None) => {
+                node.wipe();
+                tracing::error!(
+                    "edge: an admin revoked this node; it wiped its configuration and keys and serves nothing. Start a new machine (a fresh data dir) with a new enrollment token to replace it"
+                );
+                return;
+            }
+            Ok(Some(config)) => {
                 failures = 0;
                 if config.version != applied {
                     match node.apply(&config) {
