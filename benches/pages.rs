@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(app.run_until(std::future::pending()));
 
     let hash = password::hash(SecretString::from("bench password 123".to_string())).await?;
-    store::create_user(&db, "bench@example.com", &hash, Role::Customer).await?;
+    store::create_user(&db, "bench@example.com", &hash, Role::Customer, true).await?;
     let http = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())

@@ -557,7 +557,7 @@ async fn users_create(email: &str, role: &str, password_stdin: bool) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)?;
     let db = db::connect(&config).await?;
     let hash = password::hash(secret.clone()).await?;
-    let user = store::create_user(&db, &email, &hash, role).await?;
+    let user = store::create_user(&db, &email, &hash, role, true).await?;
     // Staff and admins sign in with a second factor: enrol it now, shown once to the operator.
     let second_factor = if role.is_staff() {
         let vault = crate::vault::Vault::open_or_create(&config.vault_identity)?;

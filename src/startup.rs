@@ -222,6 +222,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .merge(accounts::routes::router())
         .merge(accounts::second_factor_routes::router())
+        .merge(accounts::manage_routes::router())
         .merge(apps::routes::router())
         .merge(domains::routes::router())
         .merge(domains::platform::router())

@@ -53,6 +53,14 @@ where
             Some(id) => store::find_user(&state.db, id).await?,
             None => None,
         };
+        // A disabled account's sessions, and sessions from before a password change, a reset
+        // or "sign out everywhere", are over: the session is forgotten.
+        if let Some(u) = &user
+            && !super::manage::session_counts(&session, u).await?
+        {
+            session.flush().await?;
+            user = None;
+        }
         // Staff and admins act only from a session that proved a second factor (one that
         // signed in as a customer and was promoted since must sign in again).
         if user.as_ref().is_some_and(|u| u.role.is_staff())
@@ -152,6 +160,9 @@ where
             }
             store::TokenLookup::Unknown => return Err(AppError::unauthorized()),
         };
+        if owner.user.disabled_at.is_some() {
+            return Err(super::manage::disabled());
+        }
         if owner.user.role.is_staff() && owner.second_factor_at.is_none() {
             return Err(second_factor::otp_required(
                 "This token was created without a second factor, which staff and admin accounts need: create a new one with your authenticator code (`certdrop login` asks for it).",

@@ -4,6 +4,8 @@
 pub mod csrf;
 pub mod extract;
 pub mod forwarded;
+pub mod manage;
+pub mod manage_routes;
 pub mod password;
 pub mod ratelimit;
 pub mod roles;
@@ -70,9 +72,32 @@ pub struct User {
     pub email: String,
     pub role: Role,
     pub created_at: i64,
+    /// Since when an admin has disabled the account: it signs in nowhere, its tokens stop.
+    pub disabled_at: Option<i64>,
+    /// When the owner clicked the link mailed at sign-up (accounts made otherwise: at once).
+    pub email_verified_at: Option<i64>,
+    /// Sessions count only while they carry this number (see `sessions`).
+    pub session_epoch: i64,
 }
 
 impl User {
+    /// Uploads, keys and tickets wait until the owner proved the address is theirs.
+    pub fn require_verified(&self) -> crate::error::AppResult<()> {
+        if self.email_verified_at.is_some() {
+            return Ok(());
+        }
+        Err(crate::error::AppError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            crate::error::ErrorItem::new(
+                "email_unverified",
+                format!(
+                    "Confirm your email address first: open the link certdrop mailed to {} (your account page sends a new one).",
+                    self.email
+                ),
+            ),
+        ))
+    }
+
     pub fn require_staff(&self) -> crate::error::AppResult<()> {
         if self.role.is_staff() {
             Ok(())

@@ -82,6 +82,17 @@ async fn authenticate(
     };
     let ok = password::verify(hash, password).await?;
     match (ok, user) {
+        (true, Some(user)) if user.disabled_at.is_some() => {
+            audit::record(
+                &state.db,
+                Entry::new(Some(&user), "user.login", "user", user.id)
+                    .outcome("refused")
+                    .detail(json!({"code": "account_disabled"}))
+                    .ip(ip.0),
+            )
+            .await?;
+            Err(super::manage::disabled())
+        }
         (true, Some(user)) => {
             state.login_limiter.succeeded(ip_addr, &email);
             audit::record(
@@ -111,10 +122,12 @@ pub(super) async fn start_session(
     session: &Session,
     user: &User,
     second_factor_at: Option<i64>,
+    ip: ClientIp,
 ) -> AppResult<()> {
     session.cycle_id().await?;
     session.remove::<PendingSignIn>(PENDING_KEY).await?;
     session.insert(USER_KEY, user.id).await?;
+    super::manage::mark_session(session, user, ip).await?;
     if let Some(at) = second_factor_at {
         session.insert(SESSION_FACTOR_AT, at).await?;
     }
@@ -139,10 +152,11 @@ async fn after_password(
     session: &Session,
     state: &AppState,
     user: &User,
+    ip: ClientIp,
     next: &str,
 ) -> PageResult {
     if second_factor::needed(&state.db, user).await? == second_factor::Need::Nothing {
-        start_session(session, user, None).await?;
+        start_session(session, user, None, ip).await?;
         return Ok(see_other(next));
     }
     session.cycle_id().await?;
@@ -207,6 +221,7 @@ async fn login(
                 &viewer.session,
                 &state,
                 &user,
+                ip,
                 web::safe_next(form.next.as_deref()),
             )
             .await
@@ -298,7 +313,7 @@ async fn signup(
         };
     match result {
         Ok(user) => {
-            start_session(&viewer.session, &user, None).await?;
+            start_session(&viewer.session, &user, None, ip).await?;
             web::flash(
                 &viewer.session,
                 "ok",
@@ -334,14 +349,19 @@ async fn create_customer(
     ip: ClientIp,
 ) -> AppResult<User> {
     let hash = password::hash(pw).await?;
-    let user = store::create_user(&state.db, email, &hash, Role::Customer).await?;
+    // The account, its confirmation mail and its audit entry together, or none of them.
+    let mut tx = state.db.begin().await?;
+    let user = store::create_user(&mut *tx, email, &hash, Role::Customer, false).await?;
+    super::manage::send_verification(&mut tx, state, &user).await?;
     audit::record(
-        &state.db,
+        &mut *tx,
         Entry::new(Some(&user), "user.signup", "user", user.id)
             .detail(json!({"role": "customer"}))
             .ip(ip.0),
     )
     .await?;
+    tx.commit().await?;
+    state.mail_wake.notify_one();
     Ok(user)
 }
 
@@ -605,6 +625,8 @@ struct UsersPage {
     chrome: Chrome,
     users: Vec<User>,
     requests: Vec<(i64, roles::RoleRequest)>,
+    /// Second-factor resets waiting for another admin: user id, who asked.
+    resets: Vec<(i64, String)>,
     me: i64,
     next_cursor: Option<String>,
     separation_of_duties: bool,
@@ -612,6 +634,13 @@ struct UsersPage {
 }
 
 impl UsersPage {
+    fn reset_asked_by(&self, user_id: &i64) -> Option<&str> {
+        self.resets
+            .iter()
+            .find(|(id, _)| id == user_id)
+            .map(|(_, by)| by.as_str())
+    }
+
     fn request_for(&self, user_id: &i64) -> Option<&roles::RoleRequest> {
         self.requests
             .iter()
@@ -625,7 +654,7 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
-async fn render_users(
+pub(super) async fn render_users(
     state: &AppState,
     me: &SignedIn,
     cursor: Option<&str>,
@@ -640,6 +669,7 @@ async fn render_users(
             chrome: me.chrome().await?,
             users,
             requests: roles::pending_requests(&state.db).await?,
+            resets: super::manage::pending_resets(&state.db).await?,
             me: me.user.id,
             next_cursor,
             separation_of_duties: state.config.separation_of_duties,

@@ -228,7 +228,7 @@ async fn second_factor_submit(
     };
     match result {
         Ok((how, codes)) => {
-            start_session(&viewer.session, &user, Some(db::now())).await?;
+            start_session(&viewer.session, &user, Some(db::now()), ip).await?;
             if !codes.is_empty() {
                 // Enrolled just now: the recovery codes are shown this once.
                 let chrome = Chrome::new(&viewer.session, Some(&user), None).await?;
@@ -263,10 +263,14 @@ struct SecurityPage {
     remaining_codes: i64,
     enrolment: Option<EnrolmentView>,
     required: bool,
+    email: String,
+    email_verified: bool,
+    sessions: Vec<super::manage::SessionInfo>,
     errors: FormErrors,
 }
 
-async fn render_security(
+/// The Security page: second factor, email address, password, sessions.
+pub(super) async fn render_security(
     state: &AppState,
     me: &SignedIn,
     shown_secret: Option<&str>,
@@ -292,6 +296,9 @@ async fn render_security(
             remaining_codes,
             enrolment,
             required: me.user.role.is_staff(),
+            email: me.user.email.clone(),
+            email_verified: me.user.email_verified_at.is_some(),
+            sessions: super::manage::sessions(&state.db, &me.user, &me.session).await?,
             errors,
         },
     )

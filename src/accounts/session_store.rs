@@ -24,6 +24,14 @@ fn key(id: &Id) -> String {
     crate::accounts::tokens::hash(&id.to_string())
 }
 
+/// Whose session a record is, once signed in (for the account's list of sessions).
+fn user_of(record: &Record) -> Option<i64> {
+    record
+        .data
+        .get(super::extract::USER_KEY)
+        .and_then(serde_json::Value::as_i64)
+}
+
 fn backend(err: sqlx::Error) -> Error {
     let mark = match db::trouble(&err) {
         Some(db::Trouble::Unavailable) => crate::error::UNAVAILABLE_MARK,
@@ -55,12 +63,13 @@ impl SessionStore for DbSessionStore {
         // A new id on the (astronomically unlikely) collision, never an overwrite.
         loop {
             let inserted = sqlx::query(
-                "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) \
+                "INSERT INTO sessions (id, data, expires_at, user_id) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(key(&record.id))
             .bind(&data)
             .bind(record.expiry_date.unix_timestamp())
+            .bind(user_of(record))
             .execute(&self.db)
             .await
             .map_err(backend)?;
@@ -74,12 +83,13 @@ impl SessionStore for DbSessionStore {
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let data = serde_json::to_string(&record.data).map_err(|e| Error::Encode(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO sessions (id, data, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+            "INSERT INTO sessions (id, data, expires_at, user_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at, user_id = excluded.user_id",
         )
         .bind(key(&record.id))
         .bind(data)
         .bind(record.expiry_date.unix_timestamp())
+        .bind(user_of(record))
         .execute(&self.db)
         .await
         .map_err(backend)?;

@@ -8,6 +8,10 @@ use crate::{
     error::{AppError, AppResult},
 };
 
+/// The columns `user_from_row` reads, for `SELECT {USER_COLUMNS} FROM users`.
+pub const USER_COLUMNS: &str =
+    "id, email, role, created_at, disabled_at, email_verified_at, session_epoch";
+
 fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
     let role: String = row.try_get("role")?;
     Ok(User {
@@ -16,18 +20,30 @@ fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
         role: Role::parse(&role)
             .ok_or_else(|| sqlx::Error::Decode(format!("role {role}").into()))?,
         created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        email_verified_at: row.try_get("email_verified_at")?,
+        session_epoch: row.try_get("session_epoch")?,
     })
 }
 
-pub async fn create_user(db: &Db, email: &str, password_hash: &str, role: Role) -> AppResult<User> {
-    let row = sqlx::query(
-        "INSERT INTO users (email, password_hash, role, created_at) VALUES ($1, $2, $3, $4) \
-         RETURNING id, email, role, created_at",
-    )
+/// A new account; `verified` when its address needs no proof (made at the server shell).
+pub async fn create_user<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
+    db: E,
+    email: &str,
+    password_hash: &str,
+    role: Role,
+    verified: bool,
+) -> AppResult<User> {
+    let now = db::now();
+    let row = sqlx::query(&format!(
+        "INSERT INTO users (email, password_hash, role, created_at, email_verified_at) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING {USER_COLUMNS}"
+    ))
     .bind(email)
     .bind(password_hash)
     .bind(role.as_str())
-    .bind(db::now())
+    .bind(now)
+    .bind(verified.then_some(now))
     .fetch_one(db)
     .await
     .map_err(|e| {
@@ -45,9 +61,9 @@ pub async fn create_user(db: &Db, email: &str, password_hash: &str, role: Role) 
 
 /// The user and their password hash, for a login attempt.
 pub async fn find_credentials(db: &Db, email: &str) -> AppResult<Option<(User, String)>> {
-    let row = sqlx::query(
-        "SELECT id, email, role, created_at, password_hash FROM users WHERE email = $1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"
+    ))
     .bind(email)
     .fetch_optional(db)
     .await?;
@@ -56,7 +72,7 @@ pub async fn find_credentials(db: &Db, email: &str) -> AppResult<Option<(User, S
 }
 
 pub async fn find_user(db: &Db, id: i64) -> AppResult<Option<User>> {
-    let row = sqlx::query("SELECT id, email, role, created_at FROM users WHERE id = $1")
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await?;
@@ -64,17 +80,19 @@ pub async fn find_user(db: &Db, id: i64) -> AppResult<Option<User>> {
 }
 
 pub async fn find_user_by_email(db: &Db, email: &str) -> AppResult<Option<User>> {
-    let row = sqlx::query("SELECT id, email, role, created_at FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+    ))
+    .bind(email)
+    .fetch_optional(db)
+    .await?;
     Ok(row.as_ref().map(user_from_row).transpose()?)
 }
 
 pub async fn list_users(db: &Db, page: Page) -> AppResult<(Vec<User>, Option<String>)> {
-    let rows = sqlx::query(
-        "SELECT id, email, role, created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
     .bind(page.after)
     .bind(page.fetch_limit())
     .fetch_all(db)
@@ -170,7 +188,8 @@ pub enum TokenLookup {
 /// The owner of a live token; records when it was last used (at most once a minute).
 pub async fn user_for_token(db: &Db, token_hash: &str) -> AppResult<TokenLookup> {
     let row = sqlx::query(
-        "SELECT u.id, u.email, u.role, u.created_at, t.id AS token_id, t.token_hash, t.last_used_at, t.second_factor_at, t.expires_at \
+        "SELECT u.id, u.email, u.role, u.created_at, u.disabled_at, u.email_verified_at, u.session_epoch, \
+         t.id AS token_id, t.token_hash, t.last_used_at, t.second_factor_at, t.expires_at \
          FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
     )

@@ -57,6 +57,8 @@ async fn generate(
     app: &App,
     req: GenerateRequest,
 ) -> AppResult<GeneratedKey> {
+    // Keys and tickets wait until the owner proved the address certdrop mails is theirs.
+    user.require_verified()?;
     if app.owner_id != user.id {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,

@@ -143,6 +143,8 @@ async fn upload(
     app: &App,
     form: UploadForm,
 ) -> AppResult<(Certificate, bool)> {
+    // Keys and tickets wait until the owner proved the address certdrop mails is theirs.
+    user.require_verified()?;
     if app.owner_id != user.id {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,

@@ -59,6 +59,8 @@ pub async fn open(
     certificate_id: Option<i64>,
     source: Source,
 ) -> AppResult<Ticket> {
+    // Keys and tickets wait until the owner proved the address certdrop mails is theirs.
+    user.require_verified()?;
     if app.owner_id != user.id {
         return Err(AppError::new(
             axum::http::StatusCode::FORBIDDEN,

@@ -300,7 +300,7 @@ impl TestApp {
         let hash = password::hash(SecretString::from(pw.clone()))
             .await
             .unwrap();
-        store::create_user(&self.db, email, &hash, role)
+        store::create_user(&self.db, email, &hash, role, true)
             .await
             .unwrap();
         pw
