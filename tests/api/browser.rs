@@ -440,6 +440,23 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
         .await;
     chrome.click("Create account").await;
     chrome.wait_for_path("/apps").await;
+    // The confirmation link mailed at sign-up: a page with one button.
+    let mail: String = sqlx::query_scalar(
+        "SELECT text_body FROM mail_outbox WHERE to_address = 'ann@example.com' AND subject LIKE '%confirm%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let link = mail
+        .split_whitespace()
+        .find(|w| w.contains("/account/verify/"))
+        .unwrap();
+    chrome
+        .goto(&link[link.find("/account/verify/").unwrap()..])
+        .await;
+    chrome.click("Confirm my address").await;
+    assert!(chrome.text().await.contains("is confirmed"));
+    chrome.goto("/apps").await;
     assert!(chrome.text().await.contains("No apps yet"));
     chrome.check_page("empty apps page").await;
     chrome.shot("02-apps-empty").await;
@@ -544,7 +561,25 @@ async fn the_customer_staff_and_admin_journeys_in_a_real_browser() {
     );
     chrome.sign_out().await;
 
-    // 2. Staff find the ticket in the queue, review it, approve it and watch it deploy.
+    // 2. Staff find the ticket in the queue, review it, approve it and watch it deploy. Sam's
+    //    first authenticator comes through the one-time link a new staff account is given.
+    let sam_id: i64 = sqlx::query_scalar("SELECT id FROM users WHERE email = 'sam@example.com'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let mut conn = app.db.acquire().await.unwrap();
+    let link = certdrop::accounts::second_factor::issue_enrolment_link(
+        &mut conn,
+        &app.state.base_url,
+        sam_id,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(conn);
+    chrome
+        .goto(&link[link.find("/account/enrol/").unwrap()..])
+        .await;
     chrome.sign_in("sam@example.com", &staff_pw).await;
     chrome.click("Staff queue").await;
     chrome.wait_for_path("/staff/tickets").await;
