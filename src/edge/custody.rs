@@ -106,6 +106,7 @@ async fn refused<T>(
 }
 
 /// Confirms an enrolled node after the admin compared its recipient fingerprint.
+#[allow(clippy::too_many_arguments)]
 pub async fn confirm(
     state: &AppState,
     admin: &User,
