@@ -2,6 +2,7 @@
 
 mod common;
 
+mod account_life;
 mod accounts;
 mod acme;
 mod apps;
