@@ -44,6 +44,12 @@ pub async fn run(config: &Config, to: &Path) -> anyhow::Result<Backup> {
         (paths.current.clone(), IDENTITY_FILE.to_string()),
         (paths.next(), format!("{IDENTITY_FILE}.next")),
         (paths.retired(), format!("{IDENTITY_FILE}.retired")),
+        // A split vault's identity rests wrapped: the backup holds nothing its shares do not
+        // open, and the seal file says how they do.
+        (
+            crate::vault::SealFile::path(&paths.current),
+            format!("{IDENTITY_FILE}.seal"),
+        ),
     ];
     if !config.vault_identity.is_file() {
         bail!(

@@ -52,9 +52,59 @@ pub enum Command {
         #[arg(long, value_parser = ["customer", "staff", "admin"])]
         role: String,
     },
-    /// Reseal every stored key to a new vault identity, then retire the old one (server side).
+    /// Reseal every stored key to a new vault identity, then retire the old one (server side;
+    /// a split vault takes K shares on stdin, one per line, or its PKCS#11 token).
     #[command(name = "vault:rotate")]
     VaultRotate,
+    /// Seal the vault at rest (server side): wrap its identity with a fresh key, split that key
+    /// into N shares of which K unseal it, and print the shares once.
+    #[command(name = "vault:init")]
+    VaultInit {
+        /// How many shares (N, at most 16; default: one per --recipient, else 5).
+        #[arg(long)]
+        shares: Option<u8>,
+        /// How many shares unseal it (K, default 3 or N when smaller).
+        #[arg(long)]
+        threshold: Option<u8>,
+        /// Seal each share to one key holder's age recipient (give it N times), so no share is
+        /// ever shown in the clear.
+        #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+        /// Also wrap the key with the PKCS#11 token (CERTDROP_VAULT_PKCS11_*), creating its AES
+        /// key when absent: the control plane then unseals itself at start.
+        #[arg(long)]
+        pkcs11: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand out new shares (server side): K current shares on stdin, one per line; the old
+    /// shares stop counting.
+    #[command(name = "vault:rekey")]
+    VaultRekey {
+        #[arg(long)]
+        shares: Option<u8>,
+        #[arg(long)]
+        threshold: Option<u8>,
+        #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+        #[arg(long)]
+        pkcs11: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give your share to a sealed control plane (read from stdin, or typed at the terminal).
+    #[command(name = "vault:unseal")]
+    VaultUnseal {
+        /// The control plane (default: $CERTDROP_URL, the saved one, or http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Seal the running control plane now: the emergency button (admins, with a fresh code).
+    #[command(name = "vault:seal")]
+    VaultSeal {
+        #[arg(long)]
+        otp: Option<String>,
+    },
     /// Back up the SQLite database (online) and the vault identity into DIR, mode 0700
     /// (server side; restore by using DIR as CERTDROP_DATA_DIR).
     Backup {
@@ -439,6 +489,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             init_logging("warn");
             vault_rotate().await
         }
+        Command::VaultInit {
+            shares,
+            threshold,
+            recipients,
+            pkcs11,
+            json,
+        } => {
+            init_logging("warn");
+            let config = Config::from_env()?;
+            let (threshold, shares) = split_size(threshold, shares, &recipients);
+            let printed = crate::vault::admin::init(&config, threshold, shares, pkcs11)?;
+            audit_vault(&config, "vault.split", serde_json::json!({"threshold": threshold, "shares": shares, "pkcs11": pkcs11})).await?;
+            crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
+        }
+        Command::VaultRekey {
+            shares,
+            threshold,
+            recipients,
+            pkcs11,
+            json,
+        } => {
+            init_logging("warn");
+            let config = Config::from_env()?;
+            let (threshold, shares) = split_size(threshold, shares, &recipients);
+            let input = crate::vault::admin::read_stdin()?;
+            let key = crate::vault::admin::offline_key(&config, &input)?
+                .context("the vault is not split; run `certdrop vault:init`")?;
+            let printed = crate::vault::admin::rekey(&config, &key, threshold, shares, pkcs11)?;
+            audit_vault(&config, "vault.rekeyed", serde_json::json!({"threshold": threshold, "shares": shares})).await?;
+            crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
+        }
         Command::Backup { to } => {
             init_logging("warn");
             backup(&to).await
@@ -667,12 +748,32 @@ fn fleet_keygen(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// K of N for `vault:init` and `vault:rekey`: N defaults to one share per recipient (else 5),
+/// K to 3 (or N when smaller).
+fn split_size(threshold: Option<u8>, shares: Option<u8>, recipients: &[String]) -> (u8, u8) {
+    let shares = shares.unwrap_or(match recipients.len() {
+        0 => 5,
+        n => u8::try_from(n).unwrap_or(u8::MAX),
+    });
+    (threshold.unwrap_or(shares.min(3)), shares)
+}
+
+async fn audit_vault(config: &Config, action: &str, detail: serde_json::Value) -> anyhow::Result<()> {
+    let db = db::connect(config).await?;
+    audit::record(&db, Entry::new(None, action, "vault", "vault").detail(detail)).await?;
+    Ok(())
+}
+
 async fn vault_rotate() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let db = db::connect(&config).await?;
     // Opening the vault first finishes a swap an earlier rotation left half done.
     let vault = crate::vault::Vault::open_or_create(&config.vault_identity)?;
-    let rotation = crate::vault::rotate::rotate(&db, vault.paths()).await?;
+    let key = match vault.is_split() {
+        true => crate::vault::admin::offline_key(&config, &crate::vault::admin::read_stdin()?)?,
+        false => None,
+    };
+    let rotation = crate::vault::rotate::rotate(&db, vault.paths(), key.as_ref()).await?;
     audit::record(
         &db,
         Entry::new(None, "vault.rotated", "vault", &rotation.recipient)

@@ -54,6 +54,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `CERTDROP_ACME_*`: automatic certificates; `None` (no directory set): ACME is off.
     pub acme: Option<AcmeConfig>,
+    /// `CERTDROP_VAULT_PKCS11_*`: a hardware key that unseals the vault at start.
+    pub vault_pkcs11: Option<crate::vault::pkcs11::Pkcs11Config>,
 }
 
 /// Where certdrop gets automatic certificates, and how.
@@ -161,6 +163,25 @@ impl AcmeConfig {
     }
 }
 
+/// `CERTDROP_VAULT_PKCS11_MODULE`, `…_TOKEN`, `…_PIN` (or `…_PIN_FILE`) and `…_KEY`: all or
+/// none.
+fn pkcs11_from_env() -> anyhow::Result<Option<crate::vault::pkcs11::Pkcs11Config>> {
+    let Some(module) = read_var("CERTDROP_VAULT_PKCS11_MODULE")? else {
+        return Ok(None);
+    };
+    let need = |name: &str| -> anyhow::Result<String> {
+        read_var(name)?.with_context(|| {
+            format!("CERTDROP_VAULT_PKCS11_MODULE is set, so {name} is needed too")
+        })
+    };
+    Ok(Some(crate::vault::pkcs11::Pkcs11Config {
+        module: PathBuf::from(module),
+        token: need("CERTDROP_VAULT_PKCS11_TOKEN")?,
+        pin: SecretString::from(need("CERTDROP_VAULT_PKCS11_PIN")?),
+        key: read_var("CERTDROP_VAULT_PKCS11_KEY")?.unwrap_or_else(|| "certdrop-vault".into()),
+    }))
+}
+
 /// Reads a variable, or the contents of the file named by `NAME_FILE` (as vaultwarden allows).
 fn read_var(name: &str) -> anyhow::Result<Option<String>> {
     if let Ok(value) = std::env::var(name) {
@@ -262,6 +283,7 @@ impl Config {
             .map(|raw| crate::edge::fleet::FleetPublicKey::parse(&raw))
             .transpose()?;
         let acme = AcmeConfig::from_env()?;
+        let vault_pkcs11 = pkcs11_from_env()?;
         let mut config = Self::build(
             data_dir,
             database_url,
@@ -282,6 +304,7 @@ impl Config {
         config.dns_resolver = dns_resolver;
         config.metrics_listen = metrics_listen;
         config.acme = acme;
+        config.vault_pkcs11 = vault_pkcs11;
         if let Some(timeout) = apply_timeout {
             config.apply_timeout = timeout;
         }
@@ -381,6 +404,7 @@ impl Config {
             apply_timeout: std::time::Duration::from_secs(60),
             metrics_listen: None,
             acme: None,
+            vault_pkcs11: None,
         })
     }
 

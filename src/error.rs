@@ -120,6 +120,9 @@ impl AppError {
     }
 
     pub fn internal(source: anyhow::Error) -> Self {
+        if source.is::<crate::vault::Sealed>() {
+            return Self::vault_sealed();
+        }
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             errors: vec![ErrorItem::new(
@@ -128,6 +131,19 @@ impl AppError {
             )],
             retry_after: None,
             source: Some(source),
+        }
+    }
+
+    /// 503 `vault_sealed`: what needs the vault waits until key holders unseal it.
+    pub fn vault_sealed() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            errors: vec![ErrorItem::new(
+                "vault_sealed",
+                "The vault is sealed: certdrop can neither seal nor open keys until its key holders unseal it (each runs `certdrop vault:unseal`, or opens /vault/unseal). Try again after that.",
+            )],
+            retry_after: Some(30),
+            source: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
-    Router,
+    Json, Router,
     extract::{DefaultBodyLimit, Request, State},
     http::{StatusCode, Uri},
     middleware::{self, Next},
@@ -53,6 +53,7 @@ impl Application {
         install_crypto_provider();
         db::create_private_dir(&config.data_dir)?;
         let vault = Vault::open_or_create(&config.vault_identity)?;
+        let unsealed_by_token = vault.start(config.vault_pkcs11.as_ref());
         let trust = TrustStore::load(config.extra_trust_roots.as_deref())?;
         let db = db::connect(&config).await?;
         let listener = TcpListener::bind(config.listen)
@@ -93,6 +94,14 @@ impl Application {
             dns: Arc::new(crate::domains::dns::Resolver::new(config_dns)),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         };
+        if unsealed_by_token {
+            crate::audit::record(
+                &state.db,
+                crate::audit::Entry::new(None, "vault.unsealed", "vault", "vault")
+                    .detail(serde_json::json!({"by": "pkcs11"})),
+            )
+            .await?;
+        }
         let transport = mail::worker::Transport::from_config(&state.config)?;
         let from: lettre::message::Mailbox = state
             .config
@@ -223,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .merge(accounts::routes::router())
         .merge(accounts::second_factor_routes::router())
         .merge(accounts::manage_routes::router())
+        .merge(crate::vault::routes::router())
         .merge(apps::routes::router())
         .merge(domains::routes::router())
         .merge(domains::platform::router())
@@ -294,6 +304,8 @@ async fn note_storage_full(
 
 /// Ready when the database answers within a second and storage is not full (no 507 in the last
 /// 30 seconds, and at least 16 MiB free where the data directory is).
+/// Ready when the database answers, storage has room and the vault is unsealed; the JSON says
+/// which is not, and how the vault rests.
 async fn readyz(State(state): State<AppState>) -> Response {
     let query = sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.db);
     let full = db::now()
@@ -302,15 +314,35 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .load(std::sync::atomic::Ordering::Relaxed)
         < 30
         || db::nearly_full(&state.config.data_dir);
-    match tokio::time::timeout(Duration::from_secs(1), query).await {
-        Ok(Ok(_)) if full => (StatusCode::SERVICE_UNAVAILABLE, "storage full").into_response(),
-        Ok(Ok(_)) => "ready".into_response(),
+    let problem = match tokio::time::timeout(Duration::from_secs(1), query).await {
+        Ok(Ok(_)) if full => Some("storage full"),
+        Ok(Ok(_)) => None,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+            Some("database unavailable")
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
-    }
+        Err(_) => Some("database unavailable"),
+    };
+    let sealed = state.vault.is_sealed();
+    let problem = problem.or(sealed.then_some("vault sealed"));
+    let vault = match state.vault.is_split() {
+        true => "sealed at rest",
+        false => "not sealed at rest: the vault identity is a plain file until `certdrop vault:init`",
+    };
+    let status = match problem {
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+        None => StatusCode::OK,
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "ready": problem.is_none(),
+            "problem": problem,
+            "sealed": sealed,
+            "vault": vault,
+        })),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

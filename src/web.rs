@@ -37,6 +37,28 @@ pub struct Chrome {
     pub user: Option<NavUser>,
     pub csrf: String,
     pub flash: Option<Flash>,
+    pub vault: VaultNotice,
+}
+
+/// What every page says about the vault: sealed (to everyone), or still a plain file at rest
+/// (to admins, who can change that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaultNotice {
+    Open,
+    Sealed,
+    Plain,
+}
+
+impl VaultNotice {
+    pub fn of(vault: &crate::vault::Vault) -> Self {
+        if vault.is_sealed() {
+            VaultNotice::Sealed
+        } else if vault.is_split() {
+            VaultNotice::Open
+        } else {
+            VaultNotice::Plain
+        }
+    }
 }
 
 const FLASH_KEY: &str = "flash";
@@ -54,6 +76,7 @@ impl Chrome {
         session: &Session,
         user: Option<&User>,
         anonymous: Option<&crate::accounts::csrf::AnonymousToken>,
+        vault: VaultNotice,
     ) -> AppResult<Self> {
         let csrf = crate::accounts::csrf::expected(session, anonymous).await?;
         // Remove only when present: a removal marks the session for saving, a write per page.
@@ -69,7 +92,17 @@ impl Chrome {
             }),
             csrf,
             flash,
+            vault,
         })
+    }
+
+    pub fn vault_sealed(&self) -> bool {
+        self.vault == VaultNotice::Sealed
+    }
+
+    /// Admins are told that keys are not sealed at rest until `vault:init`.
+    pub fn vault_plain_to_admin(&self) -> bool {
+        self.vault == VaultNotice::Plain && self.user.as_ref().is_some_and(|u| u.is_admin)
     }
 }
 

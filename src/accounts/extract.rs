@@ -28,11 +28,12 @@ pub struct Viewer {
     pub session: Session,
     pub user: Option<User>,
     pub anonymous: Option<AnonymousToken>,
+    pub vault: crate::web::VaultNotice,
 }
 
 impl Viewer {
     pub async fn chrome(&self) -> Result<Chrome, AppError> {
-        Chrome::new(&self.session, self.user.as_ref(), self.anonymous.as_ref()).await
+        Chrome::new(&self.session, self.user.as_ref(), self.anonymous.as_ref(), self.vault).await
     }
 }
 
@@ -76,6 +77,7 @@ where
             session,
             user,
             anonymous,
+            vault: crate::web::VaultNotice::of(&state.vault),
         })
     }
 }
@@ -96,11 +98,12 @@ fn keep_alive(session: &Session) {
 pub struct SignedIn {
     pub session: Session,
     pub user: User,
+    pub vault: crate::web::VaultNotice,
 }
 
 impl SignedIn {
     pub async fn chrome(&self) -> Result<Chrome, AppError> {
-        Chrome::new(&self.session, Some(&self.user), None).await
+        Chrome::new(&self.session, Some(&self.user), None, self.vault).await
     }
 }
 
@@ -117,6 +120,7 @@ where
             Some(user) => Ok(Self {
                 session: viewer.session,
                 user,
+                vault: viewer.vault,
             }),
             None => Err(PageError(AppError::unauthorized())),
         }

@@ -231,7 +231,7 @@ async fn second_factor_submit(
             start_session(&viewer.session, &user, Some(db::now()), ip).await?;
             if !codes.is_empty() {
                 // Enrolled just now: the recovery codes are shown this once.
-                let chrome = Chrome::new(&viewer.session, Some(&user), None).await?;
+                let chrome = Chrome::new(&viewer.session, Some(&user), None, viewer.vault).await?;
                 return show_codes(chrome, codes, &next);
             }
             if let Accepted::RecoveryCode { remaining } = how {

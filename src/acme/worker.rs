@@ -51,6 +51,8 @@ pub async fn run(state: AppState) {
     };
     let mut last_scan: Option<tokio::time::Instant> = None;
     loop {
+        // Sealed, nothing here can open a key: wait for the unseal, failing nothing.
+        state.vault.wait_unsealed().await;
         if let Err(err) = claim_due(&state, &acme).await {
             tracing::warn!(
                 error = format!("{err:#}"),

@@ -291,6 +291,44 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             password_stdin,
             otp,
         } => login(url, email, password_stdin, otp).await,
+        Command::VaultUnseal { url } => {
+            let url = url
+                .or_else(|| std::env::var("CERTDROP_URL").ok())
+                .or_else(|| load_credentials().map(|c| c.url))
+                .unwrap_or_else(|| DEFAULT_URL.into());
+            let share = match std::io::stdin().is_terminal() {
+                true => SecretString::from(
+                    rpassword::prompt_password("Your share (cdshare1-…): ")
+                        .context("reading the share")?,
+                ),
+                false => read_stdin_secret()?,
+            };
+            let status = Client::new(&url, None)?
+                .post(
+                    "/api/v1/vault/unseal",
+                    json!({"share": share.expose_secret().trim()}),
+                )
+                .await?;
+            match status["sealed"].as_bool() {
+                Some(false) => println!("The vault at {url} is unsealed."),
+                _ => println!(
+                    "Share accepted: {} of {} given; the vault at {url} stays sealed until the rest are.",
+                    status["progress"], status["threshold"]
+                ),
+            }
+            Ok(())
+        }
+        Command::VaultSeal { otp } => {
+            let client = Client::configured()?;
+            client
+                .post_fresh("/api/v1/vault/seal", json!({}), otp)
+                .await?;
+            println!(
+                "The vault at {} is sealed: it holds no key until its key holders unseal it (`certdrop vault:unseal`).",
+                client.base
+            );
+            Ok(())
+        }
         Command::Apps { json } => {
             let items = Client::configured()?.list_all("/api/v1/apps").await?;
             if json {
@@ -749,6 +787,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         | Command::UsersCreate { .. }
         | Command::UsersRole { .. }
         | Command::VaultRotate
+        | Command::VaultInit { .. }
+        | Command::VaultRekey { .. }
         | Command::Backup { .. }
         | Command::Edge { .. }
         | Command::EdgeIdentity { .. }

@@ -277,6 +277,8 @@ async fn upload_page(
 /// lacks it, then tells those pairs to fetch their configuration.
 pub async fn run(state: AppState) {
     loop {
+        // Sealed, nothing here can open a key: wait for the unseal, failing nothing.
+        state.vault.wait_unsealed().await;
         if let Err(err) = seal_due(&state).await {
             tracing::warn!(
                 error = format!("{err:#}"),

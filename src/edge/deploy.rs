@@ -41,6 +41,8 @@ struct Job {
 
 pub async fn run(state: AppState) {
     loop {
+        // Sealed, nothing here can open a key: wait for the unseal, failing nothing.
+        state.vault.wait_unsealed().await;
         if let Err(err) = claim_due(&state).await {
             tracing::warn!(
                 error = format!("{err:#}"),

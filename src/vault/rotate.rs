@@ -10,7 +10,7 @@ use age::x25519::Identity;
 use anyhow::Context;
 use sqlx::Row;
 
-use super::{IdentityPaths, open_with, read_identity, seal_to, write_identity};
+use super::{IdentityPaths, UnsealKey, open_with, read_identity, seal_to, write_identity};
 use crate::db::Db;
 
 #[derive(Debug)]
@@ -19,25 +19,30 @@ pub struct Rotation {
     pub recipient: String,
 }
 
-pub async fn rotate(db: &Db, paths: &IdentityPaths) -> anyhow::Result<Rotation> {
-    let current = read_identity(&paths.current)?;
+/// `key` opens (and wraps) the identity files of a split vault.
+pub async fn rotate(
+    db: &Db,
+    paths: &IdentityPaths,
+    key: Option<&UnsealKey>,
+) -> anyhow::Result<Rotation> {
+    let current = read_identity(&paths.current, key)?;
     let next = if paths.next().exists() {
-        read_identity(&paths.next())?
+        read_identity(&paths.next(), key)?
     } else {
         let fresh = Identity::generate();
-        write_identity(&paths.next(), &fresh)?;
+        write_identity(&paths.next(), &fresh, key)?;
         fresh
     };
     let mut openers = vec![current.clone(), next.clone()];
     if paths.retired().exists() {
-        openers.push(read_identity(&paths.retired())?);
+        openers.push(read_identity(&paths.retired(), key)?);
     }
     let recipient = next.to_public().to_string();
 
     let mut resealed = reseal_all(db, &openers, &recipient).await?;
 
     // Swap: the old identity stays on disk as "retired" until stragglers are resealed.
-    write_identity(&paths.retired(), &current)?;
+    write_identity(&paths.retired(), &current, key)?;
     std::fs::rename(paths.next(), &paths.current).context("installing the new vault identity")?;
 
     // Uploads in flight during the swap may have sealed to the old identity; give them time to

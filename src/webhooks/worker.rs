@@ -16,6 +16,8 @@ const LEASE_SECONDS: i64 = 30;
 
 pub async fn run(state: AppState) {
     loop {
+        // Sealed, nothing here can open a key: wait for the unseal, failing nothing.
+        state.vault.wait_unsealed().await;
         if let Err(err) = deliver_due(&state).await {
             tracing::warn!(
                 error = format!("{err:#}"),

@@ -132,9 +132,9 @@ pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<age::x25519::
     }
     let identity_path = data_dir.join("node-identity.age");
     if !identity_path.exists() {
-        vault::write_identity(&identity_path, &age::x25519::Identity::generate())?;
+        vault::write_identity(&identity_path, &age::x25519::Identity::generate(), None)?;
     }
-    vault::read_identity(&identity_path)
+    vault::read_identity(&identity_path, None)
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
