@@ -16,7 +16,7 @@ for tool in python3 curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 cargo build --release --quiet
-BIN="$PWD/target/release/certdrop"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/certdrop"
 WORK="$(mktemp -d)"
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"; }
@@ -24,7 +24,8 @@ trap cleanup EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export CERTDROP_DATA_DIR="$WORK/cp" CERTDROP_LISTEN="127.0.0.1:$PORT"
 "$BIN" serve > "$WORK/serve.log" 2>&1 & PID=$!
-until curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.2; done
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$WORK/serve.log" >&2; exit 1; }
 echo "bench password 123" | "$BIN" users:create --email ann@bench.test --role customer --password-stdin >/dev/null
 
 rss() { awk -v k="$1:" '$1 == k { print int($2 / 1024) }' "/proc/$PID/status"; }
