@@ -271,6 +271,7 @@ db_test! {
         assert_eq!(app.count("SELECT COUNT(*) FROM certificates").await, 0, "nothing half-stored");
         let ready = reqwest::get(app.url("/readyz")).await.unwrap();
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ready.text().await.unwrap(), "storage full");
+        let body: serde_json::Value = ready.json().await.unwrap();
+        assert_eq!(body["problem"], "storage full");
     }
 }

@@ -33,4 +33,5 @@ mod smtp;
 mod systemd;
 mod tickets;
 mod vault;
+mod vault_seal;
 mod webhooks;

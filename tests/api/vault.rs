@@ -36,13 +36,13 @@ db_test! {
         }
         // A staff member's TOTP secret is sealed to the vault too.
         let staff_pw = app.user("sam@example.com", Role::Staff).await;
-        let old = vault::read_identity(&identity_path(&app)).unwrap();
+        let old = vault::read_identity(&identity_path(&app), None).unwrap();
 
         let out = certdrop_command(&["vault:rotate"], &app.server_env(), None);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Resealed 4 secret(s)"), "{}", String::from_utf8_lossy(&out.stdout));
 
-        let new = vault::read_identity(&identity_path(&app)).unwrap();
+        let new = vault::read_identity(&identity_path(&app), None).unwrap();
         assert_ne!(new.to_public().to_string(), old.to_public().to_string());
         let remaining: Vec<_> = std::fs::read_dir(app.data_dir.path()).unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -124,7 +124,7 @@ db_test! {
 
         let out = certdrop_command(&["vault:rotate"], &app.server_env(), None);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let current = vault::read_identity(&identity_path(&app)).unwrap();
+        let current = vault::read_identity(&identity_path(&app), None).unwrap();
         for (sealed, recipient) in sealed_keys(&app).await {
             assert_eq!(recipient, current.to_public().to_string());
             assert!(vault::open_with(std::slice::from_ref(&current), &sealed).is_ok());
