@@ -500,7 +500,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = Config::from_env()?;
             let (threshold, shares) = split_size(threshold, shares, &recipients);
             let printed = crate::vault::admin::init(&config, threshold, shares, pkcs11)?;
-            audit_vault(&config, "vault.split", serde_json::json!({"threshold": threshold, "shares": shares, "pkcs11": pkcs11})).await?;
+            audit_vault(
+                &config,
+                "vault.split",
+                serde_json::json!({"threshold": threshold, "shares": shares, "pkcs11": pkcs11}),
+            )
+            .await?;
             crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
         }
         Command::VaultRekey {
@@ -517,7 +522,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let key = crate::vault::admin::offline_key(&config, &input)?
                 .context("the vault is not split; run `certdrop vault:init`")?;
             let printed = crate::vault::admin::rekey(&config, &key, threshold, shares, pkcs11)?;
-            audit_vault(&config, "vault.rekeyed", serde_json::json!({"threshold": threshold, "shares": shares})).await?;
+            audit_vault(
+                &config,
+                "vault.rekeyed",
+                serde_json::json!({"threshold": threshold, "shares": shares}),
+            )
+            .await?;
             crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
         }
         Command::Backup { to } => {
@@ -758,9 +768,17 @@ fn split_size(threshold: Option<u8>, shares: Option<u8>, recipients: &[String]) 
     (threshold.unwrap_or(shares.min(3)), shares)
 }
 
-async fn audit_vault(config: &Config, action: &str, detail: serde_json::Value) -> anyhow::Result<()> {
+async fn audit_vault(
+    config: &Config,
+    action: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
     let db = db::connect(config).await?;
-    audit::record(&db, Entry::new(None, action, "vault", "vault").detail(detail)).await?;
+    audit::record(
+        &db,
+        Entry::new(None, action, "vault", "vault").detail(detail),
+    )
+    .await?;
     Ok(())
 }
 

@@ -80,3 +80,24 @@ pub fn hostname(data: &[u8]) {
         assert!(name.len() <= 253 && name.is_ascii());
     }
 }
+
+/// Any text as a typed vault share: what parses re-encodes to itself. Any bytes as a secret to
+/// split (K and N from the first two bytes): any K of its shares give it back.
+pub fn vault_share(data: &[u8]) {
+    use crate::vault::shamir::{self, Share};
+    if let Some(share) = Share::parse(&String::from_utf8_lossy(data)) {
+        let text = share.encode();
+        assert_eq!(Share::parse(&text).as_ref(), Some(&share), "round trip");
+    }
+    if let [a, b, secret @ ..] = data {
+        let n = a % shamir::MAX_SHARES + 1;
+        let k = b % n + 1;
+        let shares = shamir::split(secret, k, n, 1);
+        let last: Vec<Share> = shares[(n - k) as usize..].to_vec();
+        assert_eq!(
+            *shamir::combine(&last),
+            secret,
+            "any K give the secret back"
+        );
+    }
+}

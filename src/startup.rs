@@ -327,7 +327,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let problem = problem.or(sealed.then_some("vault sealed"));
     let vault = match state.vault.is_split() {
         true => "sealed at rest",
-        false => "not sealed at rest: the vault identity is a plain file until `certdrop vault:init`",
+        false => {
+            "not sealed at rest: the vault identity is a plain file until `certdrop vault:init`"
+        }
     };
     let status = match problem {
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -33,7 +33,13 @@ pub struct Viewer {
 
 impl Viewer {
     pub async fn chrome(&self) -> Result<Chrome, AppError> {
-        Chrome::new(&self.session, self.user.as_ref(), self.anonymous.as_ref(), self.vault).await
+        Chrome::new(
+            &self.session,
+            self.user.as_ref(),
+            self.anonymous.as_ref(),
+            self.vault,
+        )
+        .await
     }
 }
 

@@ -99,7 +99,9 @@ pub fn offline_key(config: &Config, input: &str) -> anyhow::Result<Option<Unseal
     if let (Some(token), Some(_)) = (&config.vault_pkcs11, &seal.pkcs11) {
         match seal.unseal_key_from_token(token) {
             Ok(key) => return Ok(Some(key)),
-            Err(err) => eprintln!("The PKCS#11 token did not unseal the vault ({err:#}); reading shares from standard input."),
+            Err(err) => eprintln!(
+                "The PKCS#11 token did not unseal the vault ({err:#}); reading shares from standard input."
+            ),
         }
     }
     let mut shares = Vec::new();
@@ -109,7 +111,10 @@ pub fn offline_key(config: &Config, input: &str) -> anyhow::Result<Option<Unseal
             continue;
         }
         let share = Share::parse(line).with_context(|| {
-            format!("line {} is not a vault share (cdshare1-…): a character is wrong or missing", n + 1)
+            format!(
+                "line {} is not a vault share (cdshare1-…): a character is wrong or missing",
+                n + 1
+            )
         })?;
         shares.push(share);
     }

@@ -284,7 +284,10 @@ mod tests {
         let line = key.wrap("AGE-SECRET-KEY-1EXAMPLE");
         assert!(line.starts_with(WRAPPED_PREFIX));
         assert!(!line.contains("AGE-SECRET-KEY"));
-        assert_eq!(key.unwrap(&line).unwrap().as_str(), "AGE-SECRET-KEY-1EXAMPLE");
+        assert_eq!(
+            key.unwrap(&line).unwrap().as_str(),
+            "AGE-SECRET-KEY-1EXAMPLE"
+        );
         assert!(UnsealKey::generate().unwrap(&line).is_none());
         // A changed character anywhere in the body is refused.
         let mut tampered = line.clone().into_bytes();

@@ -152,7 +152,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Writes an identity file: the identity in the clear, or wrapped by `key` once the vault is
 /// split (`vault:init`).
-pub fn write_identity(path: &Path, identity: &Identity, key: Option<&UnsealKey>) -> anyhow::Result<()> {
+pub fn write_identity(
+    path: &Path,
+    identity: &Identity,
+    key: Option<&UnsealKey>,
+) -> anyhow::Result<()> {
     let secret = identity.to_string();
     let body = match key {
         Some(key) => Zeroizing::new(format!(

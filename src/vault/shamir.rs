@@ -53,7 +53,11 @@ pub struct Share {
 
 impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Share(set {:08x}, #{} of {})", self.set, self.index, self.threshold)
+        write!(
+            f,
+            "Share(set {:08x}, #{} of {})",
+            self.set, self.index, self.threshold
+        )
     }
 }
 
@@ -234,7 +238,10 @@ mod tests {
         for share in &shares {
             let text = share.encode();
             assert!(text.starts_with("cdshare1-deadbeef-3-"), "{}", *text);
-            assert_eq!(Share::parse(&format!("  {}\n", *text)).as_ref(), Some(share));
+            assert_eq!(
+                Share::parse(&format!("  {}\n", *text)).as_ref(),
+                Some(share)
+            );
             // Every single-character change is caught.
             for (at, c) in text.char_indices() {
                 let other = if c == '0' { '1' } else { '0' };

@@ -38,3 +38,8 @@ fn the_node_config_corpus_replays() {
 fn the_hostname_corpus_replays() {
     replay("hostname", fuzz_entry::hostname);
 }
+
+#[test]
+fn the_vault_share_corpus_replays() {
+    replay("vault_share", fuzz_entry::vault_share);
+}

@@ -87,7 +87,10 @@ async fn sealed_at_rest_journey(backend: Backend) {
     let (status, body) = ready(&server.address).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        body["vault"].as_str().unwrap().contains("not sealed at rest"),
+        body["vault"]
+            .as_str()
+            .unwrap()
+            .contains("not sealed at rest"),
         "the first run says plainly that keys are not sealed at rest: {body}"
     );
     let ann = server.api(
@@ -152,28 +155,54 @@ async fn sealed_at_rest_journey(backend: Backend) {
             b"",
         )
         .await;
-    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
     assert_eq!(refused.code(), "vault_sealed");
     assert!(refused.body.contains("vault:unseal"), "{}", refused.body);
-    let page = crate::common::Browser::new(&server.address).get("/login").await;
-    assert!(page.body.contains("The vault is sealed"), "every page says so");
+    let page = crate::common::Browser::new(&server.address)
+        .get("/login")
+        .await;
+    assert!(
+        page.body.contains("The vault is sealed"),
+        "every page says so"
+    );
 
     // Unseal: a malformed share is never counted, K−1 never unseal, a wrong combination starts
     // again.
     let typo = format!("{}0", &shares[0][..shares[0].len() - 1]);
     let resp = give(&server.address, &typo).await;
-    assert_eq!((resp.status, resp.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_share"), "{}", resp.body);
+    assert_eq!(
+        (resp.status, resp.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_share"),
+        "{}",
+        resp.body
+    );
     let resp = give(&server.address, &shares[0]).await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
-    assert_eq!((resp.json["sealed"].clone(), resp.json["progress"].clone()), (json!(true), json!(1)));
+    assert_eq!(
+        (resp.json["sealed"].clone(), resp.json["progress"].clone()),
+        (json!(true), json!(1))
+    );
     let resp = give(&server.address, &shares[0]).await;
     assert_eq!(resp.json["progress"], 1, "the same share twice counts once");
     let mut forged = certdrop::vault::shamir::Share::parse(&shares[1]).unwrap();
     forged.data[3] ^= 0x5a;
     let resp = give(&server.address, &forged.encode()).await;
-    assert_eq!((resp.status, resp.code()), (StatusCode::UNPROCESSABLE_ENTITY, "unseal_failed"), "{}", resp.body);
+    assert_eq!(
+        (resp.status, resp.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unseal_failed"),
+        "{}",
+        resp.body
+    );
     let seal = anyone.get("/api/v1/vault").await.json;
-    assert_eq!((seal["sealed"].clone(), seal["progress"].clone()), (json!(true), json!(0)));
+    assert_eq!(
+        (seal["sealed"].clone(), seal["progress"].clone()),
+        (json!(true), json!(0))
+    );
     give(&server.address, &shares[2]).await;
     let resp = give(&server.address, &shares[0]).await;
     assert_eq!(resp.json["sealed"], false, "{}", resp.body);
@@ -181,7 +210,9 @@ async fn sealed_at_rest_journey(backend: Backend) {
 
     // The key uploaded before the split deploys, sealed to both nodes.
     let _nodes = start_pair(&server.address, &ops, &keys, "edge-v").await;
-    let ticket = ann.open_ticket("shop", "provision", Some(before_split)).await;
+    let ticket = ann
+        .open_ticket("shop", "provision", Some(before_split))
+        .await;
     let resp = sam
         .post(&format!("/api/v1/tickets/{ticket}/approve"), json!({}))
         .await;
@@ -197,11 +228,20 @@ async fn sealed_at_rest_journey(backend: Backend) {
     assert_eq!(sealed.status, StatusCode::OK, "{}", sealed.body);
     assert_eq!(sealed.json["sealed"], true);
     let refused = ann
-        .upload("shop", other.cert_pem.as_bytes(), other.key_pem.as_bytes(), b"")
+        .upload(
+            "shop",
+            other.cert_pem.as_bytes(),
+            other.key_pem.as_bytes(),
+            b"",
+        )
         .await;
     assert_eq!(refused.code(), "vault_sealed");
     for share in &shares[1..] {
-        run_ok(&["vault:unseal", "--url", &server.address], &[], Some(share));
+        run_ok(
+            &["vault:unseal", "--url", &server.address],
+            &[],
+            Some(share),
+        );
     }
     assert_eq!(ready(&server.address).await.0, StatusCode::OK);
 
@@ -225,13 +265,34 @@ async fn sealed_at_rest_journey(backend: Backend) {
     let db = sqlx::AnyPool::connect(&database.url).await.unwrap();
     let count = |sql: &'static str| {
         let db = db.clone();
-        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&db).await.unwrap() }
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
     };
-    assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.unsealed'").await, 3);
-    assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.sealed'").await, 2);
-    assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.unseal_failed'").await, 1);
-    assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE action IN ('vault.split', 'vault.rekeyed')").await, 2);
-    assert_eq!(count("SELECT COUNT(*) FROM audit_events WHERE detail LIKE '%cdshare1%'").await, 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.unsealed'").await,
+        3
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.sealed'").await,
+        2
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE action = 'vault.unseal_failed'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE action IN ('vault.split', 'vault.rekeyed')")
+            .await,
+        2
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM audit_events WHERE detail LIKE '%cdshare1%'").await,
+        0
+    );
     db.close().await;
 }
 
@@ -264,13 +325,46 @@ async fn three_control_planes_on_postgresql_are_each_unsealed_at_their_own_addre
         .map(|_| ServerProcess::start(data.path(), &database.url, &[]))
         .collect();
     for (i, server) in servers.iter().enumerate() {
-        for share in &shares {
-            give(&server.address, share).await;
+        if i == 0 {
+            // In the browser: the unseal page, one key holder after the other.
+            let browser = crate::common::Browser::new(&server.address);
+            let page = browser.get("/vault/unseal").await;
+            assert!(page.body.contains("0</strong> of"), "{}", page.body);
+            let wrong = browser
+                .submit(
+                    "/vault/unseal",
+                    "/vault/unseal",
+                    &[("share", "cdshare1-oops")],
+                )
+                .await;
+            assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(wrong.body.contains("wrong or missing"), "{}", wrong.body);
+            for share in &shares {
+                let resp = browser
+                    .submit("/vault/unseal", "/vault/unseal", &[("share", share)])
+                    .await;
+                assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.body);
+            }
+            assert!(
+                browser
+                    .get("/vault/unseal")
+                    .await
+                    .body
+                    .contains("The vault is unsealed")
+            );
+        } else {
+            for share in &shares {
+                give(&server.address, share).await;
+            }
         }
         assert_eq!(ready(&server.address).await.0, StatusCode::OK);
         for later in &servers[i + 1..] {
             let (status, body) = ready(&later.address).await;
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "each instance is unsealed on its own");
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "each instance is unsealed on its own"
+            );
             assert_eq!(body["sealed"], true);
         }
     }
@@ -314,18 +408,37 @@ async fn auto_unseal_with_softhsm(backend: Backend) {
     )
     .unwrap();
     let init = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "certdrop", "--pin", "1234", "--so-pin", "5678"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "certdrop",
+            "--pin",
+            "1234",
+            "--so-pin",
+            "5678",
+        ])
         .env("SOFTHSM2_CONF", &conf)
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let pin_file = hsm.path().join("pin");
     std::fs::write(&pin_file, "1234").unwrap();
     let token_env = [
         ("SOFTHSM2_CONF", conf.display().to_string()),
-        ("CERTDROP_VAULT_PKCS11_MODULE", softhsm_module().unwrap().to_string()),
+        (
+            "CERTDROP_VAULT_PKCS11_MODULE",
+            softhsm_module().unwrap().to_string(),
+        ),
         ("CERTDROP_VAULT_PKCS11_TOKEN", "certdrop".to_string()),
-        ("CERTDROP_VAULT_PKCS11_PIN_FILE", pin_file.display().to_string()),
+        (
+            "CERTDROP_VAULT_PKCS11_PIN_FILE",
+            pin_file.display().to_string(),
+        ),
     ];
     let mut cli_env = vec![
         ("CERTDROP_DATA_DIR", data.path().display().to_string()),
@@ -333,7 +446,15 @@ async fn auto_unseal_with_softhsm(backend: Backend) {
     ];
     cli_env.extend(token_env.iter().cloned());
     let shares = shares_of(&run_ok(
-        &["vault:init", "--pkcs11", "--shares", "2", "--threshold", "2", "--json"],
+        &[
+            "vault:init",
+            "--pkcs11",
+            "--shares",
+            "2",
+            "--threshold",
+            "2",
+            "--json",
+        ],
         &cli_env,
         None,
     ));
@@ -345,7 +466,10 @@ async fn auto_unseal_with_softhsm(backend: Backend) {
     let (status, body) = ready(&server.address).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seal = Api::new(&server.address).get("/api/v1/vault").await.json;
-    assert_eq!((seal["mode"].clone(), seal["sealed"].clone()), (json!("pkcs11"), json!(false)));
+    assert_eq!(
+        (seal["mode"].clone(), seal["sealed"].clone()),
+        (json!("pkcs11"), json!(false))
+    );
     // `vault:rotate` works with the token alone.
     run_ok(&["vault:rotate"], &cli_env, Some(""));
     server.stop();
@@ -354,7 +478,10 @@ async fn auto_unseal_with_softhsm(backend: Backend) {
     std::fs::remove_dir_all(&tokens).unwrap();
     std::fs::create_dir(&tokens).unwrap();
     let server = ServerProcess::start(data.path(), &database.url, &server_env);
-    assert_eq!(ready(&server.address).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        ready(&server.address).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     for share in &shares {
         give(&server.address, share).await;
     }
