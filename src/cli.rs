@@ -28,6 +28,42 @@ pub struct Cli {
     command: Command,
 }
 
+/// How `vault:init` and `vault:rekey` split the vault, and how they print the shares.
+#[derive(clap::Args)]
+pub struct SplitArgs {
+    /// How many shares (N, at most 16; default: one per --recipient, else 5).
+    #[arg(long)]
+    shares: Option<u8>,
+    /// How many shares unseal it (K, default 3 or N when smaller).
+    #[arg(long)]
+    threshold: Option<u8>,
+    /// Seal each share to one key holder's age recipient (give it N times), so no share is
+    /// ever shown in the clear.
+    #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
+    recipients: Vec<String>,
+    /// Also wrap the key with the PKCS#11 token (CERTDROP_VAULT_PKCS11_*), creating its AES
+    /// key when absent: the control plane then unseals itself at start.
+    #[arg(long)]
+    pkcs11: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+impl SplitArgs {
+    /// K and N: N defaults to one share per recipient (else 5), K to 3 (or N when smaller).
+    fn size(&self) -> (u8, u8) {
+        let shares = self.shares.unwrap_or(match self.recipients.len() {
+            0 => 5,
+            n => u8::try_from(n).unwrap_or(u8::MAX),
+        });
+        (self.threshold.unwrap_or(shares.min(3)), shares)
+    }
+
+    fn print(&self, shares: &[crate::vault::shamir::Share], threshold: u8) -> anyhow::Result<()> {
+        crate::vault::admin::print_shares(shares, threshold, &self.recipients, self.json)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the web UI, the JSON API and the background workers.
@@ -60,37 +96,15 @@ pub enum Command {
     /// into N shares of which K unseal it, and print the shares once.
     #[command(name = "vault:init")]
     VaultInit {
-        /// How many shares (N, at most 16; default: one per --recipient, else 5).
-        #[arg(long)]
-        shares: Option<u8>,
-        /// How many shares unseal it (K, default 3 or N when smaller).
-        #[arg(long)]
-        threshold: Option<u8>,
-        /// Seal each share to one key holder's age recipient (give it N times), so no share is
-        /// ever shown in the clear.
-        #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
-        recipients: Vec<String>,
-        /// Also wrap the key with the PKCS#11 token (CERTDROP_VAULT_PKCS11_*), creating its AES
-        /// key when absent: the control plane then unseals itself at start.
-        #[arg(long)]
-        pkcs11: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        split: SplitArgs,
     },
     /// Hand out new shares (server side): K current shares on stdin, one per line; the old
     /// shares stop counting.
     #[command(name = "vault:rekey")]
     VaultRekey {
-        #[arg(long)]
-        shares: Option<u8>,
-        #[arg(long)]
-        threshold: Option<u8>,
-        #[arg(long = "recipient", value_name = "AGE_RECIPIENT")]
-        recipients: Vec<String>,
-        #[arg(long)]
-        pkcs11: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        split: SplitArgs,
     },
     /// Give your share to a sealed control plane (read from stdin, or typed at the terminal).
     #[command(name = "vault:unseal")]
@@ -489,46 +503,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             init_logging("warn");
             vault_rotate().await
         }
-        Command::VaultInit {
-            shares,
-            threshold,
-            recipients,
-            pkcs11,
-            json,
-        } => {
+        Command::VaultInit { split } => {
             init_logging("warn");
             let config = Config::from_env()?;
-            let (threshold, shares) = split_size(threshold, shares, &recipients);
-            let printed = crate::vault::admin::init(&config, threshold, shares, pkcs11)?;
-            audit_vault(
-                &config,
-                "vault.split",
-                serde_json::json!({"threshold": threshold, "shares": shares, "pkcs11": pkcs11}),
-            )
-            .await?;
-            crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
+            let (threshold, shares) = split.size();
+            let printed = crate::vault::admin::init(&config, threshold, shares, split.pkcs11)?;
+            let detail = serde_json::json!({"threshold": threshold, "shares": shares, "pkcs11": split.pkcs11});
+            audit_vault(&config, "vault.split", detail).await?;
+            split.print(&printed, threshold)
         }
-        Command::VaultRekey {
-            shares,
-            threshold,
-            recipients,
-            pkcs11,
-            json,
-        } => {
+        Command::VaultRekey { split } => {
             init_logging("warn");
             let config = Config::from_env()?;
-            let (threshold, shares) = split_size(threshold, shares, &recipients);
+            let (threshold, shares) = split.size();
             let input = crate::vault::admin::read_stdin()?;
             let key = crate::vault::admin::offline_key(&config, &input)?
                 .context("the vault is not split; run `certdrop vault:init`")?;
-            let printed = crate::vault::admin::rekey(&config, &key, threshold, shares, pkcs11)?;
-            audit_vault(
-                &config,
-                "vault.rekeyed",
-                serde_json::json!({"threshold": threshold, "shares": shares}),
-            )
-            .await?;
-            crate::vault::admin::print_shares(&printed, threshold, &recipients, json)
+            let printed =
+                crate::vault::admin::rekey(&config, &key, threshold, shares, split.pkcs11)?;
+            let detail = serde_json::json!({"threshold": threshold, "shares": shares});
+            audit_vault(&config, "vault.rekeyed", detail).await?;
+            split.print(&printed, threshold)
         }
         Command::Backup { to } => {
             init_logging("warn");
@@ -756,16 +751,6 @@ fn fleet_keygen(out: &std::path::Path) -> anyhow::Result<()> {
         public.encoded()
     );
     Ok(())
-}
-
-/// K of N for `vault:init` and `vault:rekey`: N defaults to one share per recipient (else 5),
-/// K to 3 (or N when smaller).
-fn split_size(threshold: Option<u8>, shares: Option<u8>, recipients: &[String]) -> (u8, u8) {
-    let shares = shares.unwrap_or(match recipients.len() {
-        0 => 5,
-        n => u8::try_from(n).unwrap_or(u8::MAX),
-    });
-    (threshold.unwrap_or(shares.min(3)), shares)
 }
 
 async fn audit_vault(

@@ -69,14 +69,6 @@ async fn mails_to(app: &TestApp, to: &str, subject_like: &str) -> i64 {
     .unwrap()
 }
 
-async fn user_id(app: &TestApp, email: &str) -> i64 {
-    sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
-
 db_test! {
     async fn changing_the_password_ends_every_other_session_and_token_but_the_callers(app) {
         let pw = app.user("cara@example.com", Role::Customer).await;
@@ -230,10 +222,10 @@ db_test! {
         let browser = app.browser();
         app.log_in(&browser, "dan@example.com", &pw).await;
         let dan = token(&app, "dan@example.com", &pw).await;
-        let id = user_id(&app, "dan@example.com").await;
+        let id = app.user_id("dan@example.com").await;
 
-        assert_eq!(dan.post(&format!("/api/v1/users/{}/disable", user_id(&app, "ada@example.com").await), json!({})).await.status, StatusCode::FORBIDDEN, "a customer disables nobody");
-        let own = admin.post(&format!("/api/v1/users/{}/disable", user_id(&app, "ada@example.com").await), json!({})).await;
+        assert_eq!(dan.post(&format!("/api/v1/users/{}/disable", app.user_id("ada@example.com").await), json!({})).await.status, StatusCode::FORBIDDEN, "a customer disables nobody");
+        let own = admin.post(&format!("/api/v1/users/{}/disable", app.user_id("ada@example.com").await), json!({})).await;
         assert_eq!((own.status, own.code()), (StatusCode::CONFLICT, "own_account"));
 
         let disabled = admin.post(&format!("/api/v1/users/{id}/disable"), json!({})).await;
@@ -267,7 +259,7 @@ db_test! {
         let first = app.api_user("ada@example.com", Role::Admin).await;
         let second = app.api_user("abe@example.com", Role::Admin).await;
         let staff = app.api_user("sam@example.com", Role::Staff).await;
-        let id = user_id(&app, "sam@example.com").await;
+        let id = app.user_id("sam@example.com").await;
         let path = format!("/api/v1/users/{id}/second-factor/reset");
 
         assert_eq!(staff.post(&path, json!({})).await.status, StatusCode::FORBIDDEN, "staff reset nobody's");

@@ -311,7 +311,7 @@ db_test! {
         let a2 = app.signed_in_browser("a2@example.com", Role::Admin).await;
         app.user("c3@example.com", Role::Customer).await;
         app.user("c4@example.com", Role::Customer).await;
-        let (a2_id, c3, c4) = (user_id(&app, "a2@example.com").await, user_id(&app, "c3@example.com").await, user_id(&app, "c4@example.com").await);
+        let (a2_id, c3, c4) = (app.user_id("a2@example.com").await, app.user_id("c3@example.com").await, app.user_id("c4@example.com").await);
         // a2 asks for c3 to be admin; a1 demotes a2; a1's approval is then only a new request.
         let resp = a2.submit("/admin/users", &format!("/admin/users/{c3}/role"), &[("role", "admin")]).await;
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
@@ -322,7 +322,7 @@ db_test! {
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
         assert_eq!(role_of(&app, "c3@example.com").await, "customer", "a demoted admin's request is void");
         let requested_by: i64 = sqlx::query_scalar("SELECT role_requested_by FROM users WHERE id = $1").bind(c3).fetch_one(&app.db).await.unwrap();
-        assert_eq!(requested_by, user_id(&app, "a1@example.com").await, "a1's request stands, waiting for another admin");
+        assert_eq!(requested_by, app.user_id("a1@example.com").await, "a1's request stands, waiting for another admin");
         let page = a1.get("/admin/users").await;
         assert!(!page.body.contains("a2@example.com asked"), "the void request is not shown as one");
 
@@ -339,14 +339,6 @@ db_test! {
         assert_eq!(resp.status, StatusCode::SEE_OTHER);
         assert_eq!(role_of(&app, "c4@example.com").await, "staff");
     }
-}
-
-async fn user_id(app: &TestApp, email: &str) -> i64 {
-    sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
 }
 
 async fn role_of(app: &TestApp, email: &str) -> String {
@@ -463,7 +455,7 @@ async fn wrong_codes_from_many_addresses_lock_the_authenticator(backend: Backend
     let pw = app
         .user_without_second_factor("sam@example.com", Role::Staff)
         .await;
-    let sam_id = user_id(&app, "sam@example.com").await;
+    let sam_id = app.user_id("sam@example.com").await;
     let (secret, codes) = certdrop::accounts::second_factor::enrol_now(&app.db, &app.vault, sam_id)
         .await
         .unwrap();
@@ -629,7 +621,7 @@ db_test! {
     /// mailed to its own address, not with its password alone.
     async fn a_raised_account_enrols_only_through_its_mailed_link(app) {
         let pw = app.user("c2@example.com", Role::Customer).await;
-        let c2 = user_id(&app, "c2@example.com").await;
+        let c2 = app.user_id("c2@example.com").await;
         let a1 = app.signed_in_browser("a1@example.com", Role::Admin).await;
         let a2 = app.signed_in_browser("a2@example.com", Role::Admin).await;
         for admin in [&a1, &a2] {
